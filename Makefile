@@ -1,0 +1,35 @@
+# Every target that runs code depends on the virtualenv, so `make train` and
+# `make test` work on a fresh clone without `make setup` first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+RUNS   ?= runs
+
+.PHONY: setup train test table1 table2 lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/cifar2l train configs/default.yaml --out $(RUNS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+table1: $(STAMP)
+	$(BIN)/cifar2l gradcheck configs/gradcheck.yaml --out $(RUNS)
+
+table2: $(STAMP)
+	$(BIN)/python -m cifar2l.table2 --out $(RUNS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check cifar2l tests
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

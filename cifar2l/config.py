@@ -1,0 +1,264 @@
+"""Experiment configuration: YAML files with `extends:`, `--set` overrides, pydantic validation.
+
+Every knob lives in one validated tree. Unknown keys, wrong types and inconsistent values fail at
+load time with `<file>: <dotted.key>: <what is wrong>`, before anything is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+BATCH_NAMES = [f"data_batch_{k}" for k in range(1, 6)]
+
+
+class _Section(BaseModel):
+    # strict: YAML already types values, so "10" for an int is a mistake, not a conversion.
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+class DataConfig(_Section):
+    root: str | None = None
+    train: list[str] | Literal["all"] = ["data_batch_1"]
+    val: list[str] | None = ["data_batch_2"]
+    test: Literal["test_batch"] | None = "test_batch"
+    val_size: int | None = Field(None, ge=1)
+
+    @field_validator("train", "val")
+    @classmethod
+    def _known_batches(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("must name at least one batch")
+            bad = [b for b in v if b not in BATCH_NAMES]
+            if bad:
+                raise ValueError(f"unknown batch {bad[0]!r}; allowed: {', '.join(BATCH_NAMES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_validation_source(self):
+        if self.val is not None and self.val_size is not None:
+            raise ValueError("set either data.val (batch names) or data.val_size, not both")
+        if self.val is None and self.val_size is None:
+            raise ValueError("a validation split is needed: set data.val or data.val_size")
+        if self.val is not None:
+            train = BATCH_NAMES if self.train == "all" else self.train
+            overlap = sorted(set(train) & set(self.val))
+            if overlap:
+                raise ValueError(f"batch {overlap[0]} is in both data.train and data.val")
+        return self
+
+
+class ModelConfig(_Section):
+    hidden: int = Field(50, ge=1)
+
+
+class OptimConfig(_Section):
+    lambda_: float = Field(0.01, alias="lambda", ge=0)
+
+
+class ScheduleConfig(_Section):
+    kind: Literal["cyclical", "constant"] = "cyclical"
+    eta_min: float = Field(1e-5, gt=0)
+    eta_max: float = Field(1e-1, gt=0)
+    n_s: int = Field(500, ge=1)
+    cycles: int = Field(1, ge=1)
+    eta: float = Field(1e-2, gt=0)
+    steps: int = Field(1000, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.kind == "cyclical" and self.eta_min > self.eta_max:
+            raise ValueError(f"eta_min ({self.eta_min}) must not exceed eta_max ({self.eta_max})")
+        return self
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(100, ge=1)
+    shuffle: bool = True
+    log_every: int | None = Field(None, ge=1)
+
+
+class GradcheckConfig(_Section):
+    dims: int = Field(20, ge=1)
+    samples: int = Field(2, ge=1)
+    hidden: int = Field(50, ge=1)
+    lambdas: list[float] = [0.0, 0.01]
+    h: float = Field(1e-5, gt=0)
+    tolerance: float = Field(1e-6, gt=0)
+    full_size_samples: int = Field(10, ge=1)
+    full_size_coords: int = Field(40, ge=1)
+    full_size_tolerance: float = Field(1e-5, gt=0)
+
+
+class Config(_Section):
+    seed: int = 42
+    dtype: Literal["float32", "float64"] = "float32"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    gradcheck: GradcheckConfig = GradcheckConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+# ---------------------------------------------------------------- YAML loading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-5` as a float (YAML 1.1 wants `1.0e-5`)."""
+
+
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_Loader.yaml_implicit_resolvers = {
+    k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+
+
+def _read_yaml_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config file ({e})") from None
+    doc = parse_yaml(text, str(path))
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, not {_kind(doc)}")
+    return doc
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config, resolving `extends:` (relative to the file) recursively."""
+    path = Path(path)
+    real = path.resolve()
+    if real in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, real))
+        raise ConfigError(f"{path}: extends: cycle ({cycle})")
+    doc = _read_yaml_file(path)
+    parent = doc.pop("extends", None)
+    if parent is None:
+        return doc
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: must be a file name (a string)")
+    parent_path = path.parent / parent
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: extends: parent config {parent_path} not found")
+    return deep_merge(load_raw(parent_path, (*_chain, real)), doc)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a", "b", "c"], value typed as YAML)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    parts = key.split(".")
+    if not sep or not key or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value, e.g. optim.lambda=0.01")
+    return parts, parse_yaml(value, f"--set {key}") if value.strip() else None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = dict(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(parts[: i + 1])} is not a section")
+            node[part] = dict(child)
+            node = node[part]
+        node[parts[-1]] = value
+    return raw
+
+
+def validate(raw: dict, source: str) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_describe(e.errors()[0], raw)}") from None
+
+
+def _describe(err: dict, raw: dict) -> str:
+    loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+    key = ".".join(loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{key}: unknown key{hint} (allowed: {', '.join(allowed)})"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] in ("missing",):
+        return f"{key}: required"
+    if "input" in err and err["type"] != "value_error":
+        return f"{key}: {msg} (got {err['input']!r})"
+    return f"{key}: {msg}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the union member it tried ("list[str]", "literal['all']") into the location.
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool"))
+
+
+def _allowed_keys(section: list[str]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in section:
+        model = model.model_fields[part].annotation
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, extend, override and validate a config file. Raises ConfigError."""
+    raw = apply_overrides(load_raw(Path(path)), overrides or [])
+    return validate(raw, str(path))
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,72 @@
+"""Terminal output: progress bars and row printing on stderr, result tables on stdout.
+
+Progress goes to stderr so that `--json` leaves stdout holding one JSON object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+_quiet = False
+
+
+def set_quiet(value: bool) -> None:
+    global _quiet
+    _quiet = value
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, total: int | None, unit: str = ""):
+    """Yield `advance(n)`; shows a bar only on an interactive terminal and when not quiet."""
+    if _quiet or not stderr.is_terminal:
+        yield lambda n=1: None
+        return
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn()]
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
+def log(message: str) -> None:
+    if not _quiet:
+        stderr.print(message, highlight=False)
+
+
+def table(title: str, columns: list[str], rows: list[list]) -> None:
+    if _quiet:
+        return
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, justify="left" if c == columns[0] else "right")
+    for r in rows:
+        t.add_row(*[fmt(v) for v in r])
+    stdout.print(t)
+
+
+def fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if (abs(v) < 1e-3 and v != 0) else f"{v:.4f}"
+    return str(v)
+
+
+def error(message: str) -> None:
+    print(f"Error: {message}", file=sys.stderr)

@@ -1,0 +1,429 @@
+"""CIFAR-10 from either source format, with a decoded-array cache, splits and standardisation.
+
+Sources (detected automatically):
+- the official python release: a `cifar-10-batches-py/` directory or `cifar-10-python.tar.gz`;
+- an image-folder tree `train/<class>/*` + `test/<class>/*`, as a directory or .tar/.tar.gz.
+
+Rows follow the official layout: 3072 uint8 values = 1024 red, 1024 green, 1024 blue, each
+row-major. Labels are indices into the class list (official order; on an image-folder source the
+class folders sorted by name, which is the official order for CIFAR-10's folder names).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, DataError
+
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_NAME = "cifar-10-python.tar.gz"
+BATCH_DIR = "cifar-10-batches-py"
+N_BLOCKS = 5
+BLOCK_ORDER_SEED = 0  # fixed: the image-folder "data_batch_k" blocks must never change
+CACHE_VERSION = 1
+IMAGE_EXT = (".png", ".jpg", ".jpeg")
+D = 3072
+
+
+@dataclass
+class Dataset:
+    """All of CIFAR-10, decoded: train rows in data_batch_1..5 order, then the test rows."""
+
+    train_x: np.ndarray  # (50000, 3072) uint8
+    train_y: np.ndarray  # (50000,) int64
+    test_x: np.ndarray
+    test_y: np.ndarray
+    batch_sizes: list[int]  # rows of data_batch_1..5 within train_x
+    classes: list[str]
+    source: str
+    format: str  # "official" | "image-folder"
+
+    def batch(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        k = int(name.rsplit("_", 1)[1]) - 1
+        start = sum(self.batch_sizes[:k])
+        stop = start + self.batch_sizes[k]
+        return self.train_x[start:stop], self.train_y[start:stop]
+
+
+# ---------------------------------------------------------------- where the data is
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cifar2l"
+
+
+def find_source(root: str | None) -> Path:
+    """CIFAR2L_DATA, else data.root, else the cache (downloading into it when empty)."""
+    for origin, value in (("CIFAR2L_DATA", os.environ.get("CIFAR2L_DATA")), ("data.root", root)):
+        if value:
+            path = Path(value).expanduser()
+            if not path.exists():
+                raise DataError(f"{origin}={value}: no such file or directory")
+            return path
+    cache = cache_dir()
+    for name in (BATCH_DIR, ARCHIVE_NAME):
+        if (cache / name).exists():
+            return cache / name
+    return download(cache)
+
+
+def download(cache: Path, url: str | None = None) -> Path:
+    """Fetch the official archive into the cache, verify its md5, return its path."""
+    url = url or os.environ.get("CIFAR2L_URL", URL)
+    target = cache / ARCHIVE_NAME
+    part = target.with_name(target.name + ".part")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        md5 = _fetch(url, part)
+    except (OSError, ValueError) as e:
+        part.unlink(missing_ok=True)
+        raise DataError(
+            f"CIFAR-10 not found (CIFAR2L_DATA unset, data.root unset, nothing in {cache}) and "
+            f"the download from {url} failed ({e}); set CIFAR2L_DATA to a local copy"
+        ) from None
+    if md5 != MD5:
+        part.unlink(missing_ok=True)
+        raise DataError(f"{url}: downloaded archive has md5 {md5}, expected {MD5}; deleted it")
+    part.replace(target)
+    return target
+
+
+def _fetch(url: str, dest: Path) -> str:
+    from .console import progress_bar
+
+    digest = hashlib.md5()
+    with urllib.request.urlopen(url, timeout=30) as resp, open(dest, "wb") as out:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        with progress_bar("download", total=total, unit="bytes") as advance:
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                advance(len(chunk))
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- decoded cache
+
+
+def load_dataset(source: Path) -> Dataset:
+    """Decode `source` once, then serve it from uint8 .npy files in the cache."""
+    source = Path(source)
+    folder = cache_dir() / "decoded" / _source_key(source)
+    if (folder / "meta.json").is_file():
+        try:
+            return _read_cache(folder)
+        except (OSError, ValueError, KeyError):
+            shutil.rmtree(folder, ignore_errors=True)  # damaged cache: decode again
+    ds = decode(source)
+    _write_cache(folder, ds)
+    return ds
+
+
+def _source_key(source: Path) -> str:
+    # Path, size and mtime of the source (and of its folders): a changed source is re-read.
+    real = source.resolve()
+    parts = [str(CACHE_VERSION), str(real)]
+    walk = [real] + (sorted(p for p in real.rglob("*") if p.is_dir()) if real.is_dir() else [])
+    for p in walk:
+        st = p.stat()
+        parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+    if real.is_dir():
+        parts += [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in real.iterdir()]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+_ARRAYS = ("train_x", "train_y", "test_x", "test_y")
+
+
+def _read_cache(folder: Path) -> Dataset:
+    meta = json.loads((folder / "meta.json").read_text())
+    arrays = {k: np.load(folder / f"{k}.npy") for k in _ARRAYS}
+    return Dataset(**arrays, **meta)
+
+
+def _write_cache(folder: Path, ds: Dataset) -> None:
+    tmp = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+        for k in _ARRAYS:
+            np.save(tmp / f"{k}.npy", getattr(ds, k))
+        meta = {k: getattr(ds, k) for k in ("batch_sizes", "classes", "source", "format")}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        tmp.rename(folder)
+    except OSError:
+        # Another process filled the cache first, or it is read-only: the data is in memory.
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def decode(source: Path) -> Dataset:
+    if source.is_dir():
+        files = _dir_members(source)
+    else:
+        files = _tar_members(source)
+    return _assemble(files, str(source))
+
+
+def _dir_members(root: Path):
+    """(relative path, reader) pairs for every file under a directory."""
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            yield p.relative_to(root).as_posix(), p.read_bytes
+
+
+def _tar_members(path: Path):
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:
+                if m.isfile() and _wanted(m.name):
+                    data = tar.extractfile(m).read()
+                    yield m.name, (lambda d=data: d)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{path}: truncated or corrupt archive ({e})") from None
+
+
+_OFFICIAL = re.compile(r"(?:^|/)(data_batch_[1-5]|test_batch|batches\.meta)$")
+_IMAGE = re.compile(r"(?:^|/)(train|test)/([^/]+)/([^/]+)$")
+
+
+def _wanted(name: str) -> bool:
+    return bool(_OFFICIAL.search(name)) or (
+        bool(_IMAGE.search(name)) and name.lower().endswith(IMAGE_EXT)
+    )
+
+
+def _assemble(members, source: str) -> Dataset:
+    pickles, images = {}, {"train": {}, "test": {}}
+    for name, read in members:
+        if m := _OFFICIAL.search(name):
+            pickles[m.group(1)] = (name, read())
+        elif (m := _IMAGE.search(name)) and name.lower().endswith(IMAGE_EXT):
+            images[m.group(1)].setdefault(m.group(2), []).append((name, read))
+    if "data_batch_1" in pickles or "test_batch" in pickles:
+        return _from_pickles(pickles, source)
+    if images["train"] or images["test"]:
+        return _from_images(images, source)
+    raise DataError(
+        f"{source}: not a CIFAR-10 source: expected the official python release "
+        f"({BATCH_DIR}/ or {ARCHIVE_NAME}) or image folders train/<class>/ and test/<class>/"
+    )
+
+
+def _from_pickles(pickles: dict, source: str) -> Dataset:
+    wanted = [f"data_batch_{k}" for k in range(1, N_BLOCKS + 1)] + ["test_batch"]
+    missing = [n for n in wanted if n not in pickles]
+    if missing:
+        raise DataError(f"{source}: official release is missing {', '.join(missing)}")
+    parts = {n: _unpickle_batch(*pickles[n], source) for n in wanted}
+    classes = _official_classes(pickles.get("batches.meta"), source)
+    train = [parts[n] for n in wanted[:-1]]
+    return Dataset(
+        train_x=np.concatenate([x for x, _ in train]),
+        train_y=np.concatenate([y for _, y in train]),
+        test_x=parts["test_batch"][0],
+        test_y=parts["test_batch"][1],
+        batch_sizes=[len(y) for _, y in train],
+        classes=classes,
+        source=source,
+        format="official",
+    )
+
+
+def _unpickle_batch(name: str, blob: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        d = pickle.loads(blob, encoding="bytes")  # noqa: S301 - the official format is pickle
+        x = np.asarray(d[b"data"])
+        y = np.asarray(d[b"labels"], dtype=np.int64)
+    except Exception as e:  # any unpickling failure means a corrupt file
+        raise DataError(f"{source}: {name}: unreadable batch ({type(e).__name__}: {e})") from None
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != D or y.shape != (x.shape[0],):
+        raise DataError(
+            f"{source}: {name}: expected uint8 data of shape (N, {D}) and N labels, "
+            f"got data {x.dtype} {x.shape} and labels {y.shape}"
+        )
+    if y.size and (y.min() < 0 or y.max() > 9):
+        raise DataError(f"{source}: {name}: labels must lie in 0..9")
+    return x, y
+
+
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]
+
+
+def _official_classes(meta, source: str) -> list[str]:
+    if meta is None:
+        return list(CIFAR10_CLASSES)
+    try:
+        d = pickle.loads(meta[1], encoding="bytes")  # noqa: S301
+        return [n.decode() for n in d[b"label_names"]]
+    except Exception as e:
+        raise DataError(f"{source}: batches.meta: unreadable ({e})") from None
+
+
+def _from_images(images: dict, source: str) -> Dataset:
+    classes = sorted(images["train"])
+    for split in ("train", "test"):
+        missing = sorted(set(classes) ^ set(images[split]))
+        if not images[split] or missing:
+            what = missing[0] if missing else "every class"
+            raise DataError(f"{source}: {split}/{what}: class folder missing")
+    train_x, train_y = _decode_split(images["train"], classes)
+    test_x, test_y = _decode_split(images["test"], classes)
+    order, sizes = block_order(train_y, len(classes))
+    return Dataset(
+        train_x=train_x[order],
+        train_y=train_y[order],
+        test_x=test_x,
+        test_y=test_y,
+        batch_sizes=sizes,
+        classes=classes,
+        source=source,
+        format="image-folder",
+    )
+
+
+def _decode_split(by_class: dict, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Decode images class by class, each class sorted by file name."""
+    from .console import progress_bar
+
+    items = [(c, name, read) for c in classes for name, read in sorted(by_class[c])]
+    x = np.empty((len(items), D), dtype=np.uint8)
+    y = np.empty(len(items), dtype=np.int64)
+    with progress_bar("decode", total=len(items)) as advance:
+        for i, (c, name, read) in enumerate(items):
+            x[i] = _decode_image(name, read())
+            y[i] = classes.index(c)
+            advance(1)
+    return x, y
+
+
+def _decode_image(name: str, blob: bytes) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{name}: cannot decode image ({e})") from None
+    if arr.shape != (32, 32, 3):
+        raise DataError(f"{name}: expected a 32x32 image, got {arr.shape[1]}x{arr.shape[0]}")
+    return arr.transpose(2, 0, 1).reshape(D)  # HWC -> the official R, G, B planes
+
+
+def block_order(labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, list[int]]:
+    """The documented order of image-folder training rows, cut into data_batch_1..5.
+
+    Rows arrive grouped by class, each class sorted by file name. They are dealt round-robin
+    over the classes (image j of class c lands at position j * n_classes + c when the classes are
+    balanced), cut into 5 contiguous blocks, and each block is shuffled by a fixed permutation
+    from numpy.random.default_rng(0). On the 50,000-image CIFAR-10 tree every block holds the
+    files 1000k..1000k+999 of every class, 10,000 rows, class-mixed.
+    """
+    per_class = [np.flatnonzero(labels == c) for c in range(n_classes)]
+    rank = np.empty(len(labels), dtype=np.int64)  # position of a row within its class
+    for rows in per_class:
+        rank[rows] = np.arange(len(rows))
+    order = np.lexsort((labels, rank))  # by rank, then by class: round-robin
+    rng = np.random.default_rng(BLOCK_ORDER_SEED)
+    blocks = [b[rng.permutation(len(b))] for b in np.array_split(order, N_BLOCKS)]
+    return np.concatenate(blocks), [len(b) for b in blocks]
+
+
+# ---------------------------------------------------------------- splits and standardisation
+
+
+@dataclass
+class Split:
+    x: np.ndarray  # (N, D) standardised, float32 or float64
+    y: np.ndarray  # (N,) int64
+
+
+@dataclass
+class Prepared:
+    train: Split
+    val: Split
+    test: Split | None
+    mean: np.ndarray  # (D,) training-split statistics
+    std: np.ndarray
+    classes: list[str]
+    source: str
+    format: str
+
+
+def select_splits(ds: Dataset, data_cfg, rng: np.random.Generator) -> dict:
+    """Raw uint8 (x, y) per split, by batch names or by a seeded hold-out of `val_size` rows."""
+    names = [f"data_batch_{k}" for k in range(1, N_BLOCKS + 1)]
+    train_names = names if data_cfg.train == "all" else data_cfg.train
+    train = _concat([ds.batch(n) for n in train_names])
+    if data_cfg.val_size is not None:
+        n = len(train[1])
+        if data_cfg.val_size >= n:
+            raise ConfigError(f"data.val_size: {data_cfg.val_size} leaves no training rows ({n})")
+        perm = rng.permutation(n)
+        held, kept = perm[: data_cfg.val_size], np.sort(perm[data_cfg.val_size :])
+        val, train = (train[0][held], train[1][held]), (train[0][kept], train[1][kept])
+    else:
+        val = _concat([ds.batch(n) for n in data_cfg.val])
+    test = (ds.test_x, ds.test_y) if data_cfg.test else None
+    return {"train": train, "val": val, "test": test}
+
+
+def _concat(parts):
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
+
+
+def fit_standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of the training rows (float64); constant features get std 1."""
+    x64 = x.astype(np.float64)
+    mean, std = x64.mean(axis=0), x64.std(axis=0)
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, dtype) -> np.ndarray:
+    out = x.astype(dtype)
+    out -= mean.astype(dtype)
+    out /= std.astype(dtype)
+    return out
+
+
+def prepare(data_cfg, dtype: str, rng: np.random.Generator) -> Prepared:
+    """Locate, load, split and standardise with the training split's statistics only."""
+    ds = load_dataset(find_source(data_cfg.root))
+    raw = select_splits(ds, data_cfg, rng)
+    mean, std = fit_standardizer(raw["train"][0])
+
+    def split(pair):
+        return None if pair is None else Split(standardize(pair[0], mean, std, dtype), pair[1])
+
+    return Prepared(
+        train=split(raw["train"]),
+        val=split(raw["val"]),
+        test=split(raw["test"]),
+        mean=mean,
+        std=std,
+        classes=ds.classes,
+        source=ds.source,
+        format=ds.format,
+    )

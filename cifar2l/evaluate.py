@@ -1,0 +1,115 @@
+"""Reload trained weights and score a split: accuracy, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import config as config_mod
+from . import console, data, network, plots, runs
+from .errors import ConfigError, RunError
+from .network import PARAM_KEYS
+from .train import make_rngs
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Weights:
+    params: dict
+    mean: np.ndarray
+    std: np.ndarray
+    classes: list[str]
+    config_text: str
+    path: Path
+
+
+def save_weights(path: Path, params: dict, mean, std, classes: list[str], config_text: str):
+    """Params, the training split's statistics, class names and the resolved config, in one file."""
+    runs.save_npz(path, **params, mean=mean, std=std, classes=np.array(classes),
+                  config=np.array(config_text))  # fmt: skip
+
+
+def weights_path(target: Path) -> Path:
+    path = target / "weights.npz" if target.is_dir() else target
+    if not path.is_file():
+        raise RunError(f"{path}: no weights file (give a run directory or a weights.npz)")
+    return path
+
+
+def load_weights(target: Path) -> Weights:
+    path = weights_path(Path(target))
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            params = {k: f[k] for k in PARAM_KEYS}
+            w = Weights(params, f["mean"], f["std"], [str(c) for c in f["classes"]],
+                        str(f["config"]), path)  # fmt: skip
+    except (OSError, ValueError, KeyError) as e:
+        raise RunError(f"{path}: not a cifar2l weights file ({e})") from None
+    check_shapes(w)
+    return w
+
+
+def check_shapes(w: Weights) -> None:
+    p = w.params
+    d, h = p["W1"].shape if p["W1"].ndim == 2 else (None, None)
+    expected = {"b1": (h,), "W2": (h, len(w.classes)), "b2": (len(w.classes),)}
+    bad = [k for k, s in expected.items() if p[k].shape != s]
+    if d is None or bad or w.mean.shape != (d,) or w.std.shape != (d,):
+        shapes = ", ".join(f"{k} {p[k].shape}" for k in PARAM_KEYS)
+        raise RunError(f"{w.path}: inconsistent weight shapes ({shapes})")
+
+
+def split_rows(w: Weights, overrides: list[str], split: str):
+    """The raw rows of a split, chosen exactly as at training time, standardised as then."""
+    raw = config_mod.apply_overrides(config_mod.parse_yaml(w.config_text, str(w.path)), overrides)
+    cfg = config_mod.validate(raw, f"{w.path} (stored config)")
+    ds = data.load_dataset(data.find_source(cfg.data.root))
+    x, y = data.select_splits(ds, cfg.data, make_rngs(cfg.seed)["split"])[split] or (None, None)
+    if x is None:
+        raise ConfigError(f"--split {split}: the stored config has no {split} split")
+    if x.shape[1] != w.mean.shape[0]:
+        raise RunError(f"{w.path}: weights expect {w.mean.shape[0]} inputs, data has {x.shape[1]}")
+    return cfg, data.standardize(x, w.mean, w.std, w.params["W1"].dtype), y
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
+    """(n, n) counts, rows = true class, columns = predicted class."""
+    return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
+
+
+def score(w: Weights, x, y) -> dict:
+    pred = network.predict(w.params, x)
+    cm = confusion_matrix(y, pred, len(w.classes))
+    per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
+    return {
+        "accuracy": float((pred == y).mean()),
+        "per_class_accuracy": {c: float(a) for c, a in zip(w.classes, per_class)},
+        "confusion": cm,
+    }
+
+
+def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str | None) -> dict:
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r}: allowed values: {', '.join(SPLITS)}")
+    w = load_weights(target)
+    cfg, x, y = split_rows(w, overrides, split)
+    result = score(w, x, y)
+    run_name = name or w.path.parent.name
+    with runs.open_run(out, "evaluate", run_name, cfg, config_mod.dump_yaml(cfg)) as run:
+        cm = result.pop("confusion")
+        write_confusion_csv(run.path / "confusion.csv", cm, w.classes)
+        plots.confusion(cm, w.classes, run.path / "confusion.png", f"{split} split")
+        run.summary.update(weights=str(w.path), split=split, **result)
+    console.table(f"{split} accuracy {result['accuracy']:.4f} ({w.path})", ["class", "accuracy"],
+                  [[c, a] for c, a in result["per_class_accuracy"].items()])  # fmt: skip
+    console.log(f"run dir: {run.path}")
+    return run.summary
+
+
+def write_confusion_csv(path: Path, cm: np.ndarray, classes: list[str]) -> None:
+    lines = ["true\\predicted," + ",".join(classes)]
+    lines += [f"{c}," + ",".join(str(v) for v in row) for c, row in zip(classes, cm)]
+    runs.atomic_write(path, "\n".join(lines) + "\n")

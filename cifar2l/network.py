@@ -1,0 +1,129 @@
+"""The two-layer network as pure layer functions (cs231n style).
+
+Shapes: N samples, D = 3072 inputs, H hidden units, C = 10 classes.
+Params: W1 (D, H), b1 (H,), W2 (H, C), b2 (C,). The study writes s1 = W1 x with W1 (H, D);
+a row-major batch X (N, D) makes X @ W1 the same product with W1 stored transposed.
+
+Every function takes its array module from its inputs (`xp`), so NumPy and CuPy arrays share
+this code. Gradients are returned, never applied: the optimizer update lives in optim.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PARAM_KEYS = ("W1", "b1", "W2", "b2")
+
+
+def array_module(x):
+    """numpy, or cupy for CuPy arrays (imported only when such an array is passed)."""
+    if type(x).__module__.partition(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def init_params(d: int, h: int, c: int, rng: np.random.Generator, dtype="float32") -> dict:
+    """Biases 0, W1 ~ N(0, 1/d), W2 ~ N(0, 1/h) (std 1/sqrt(fan_in))."""
+    return {
+        "W1": (rng.standard_normal((d, h)) / np.sqrt(d)).astype(dtype),
+        "b1": np.zeros(h, dtype=dtype),
+        "W2": (rng.standard_normal((h, c)) / np.sqrt(h)).astype(dtype),
+        "b2": np.zeros(c, dtype=dtype),
+    }
+
+
+def affine_forward(x, w, b):
+    """x (N, D), w (D, M), b (M,) -> out (N, M), cache."""
+    return x @ w + b, (x, w)
+
+
+def affine_backward(dout, cache, need_dx: bool = True):
+    """dout (N, M) -> dx (N, D) or None, dw (D, M), db (M,)."""
+    x, w = cache
+    dx = dout @ w.T if need_dx else None
+    return dx, x.T @ dout, dout.sum(axis=0)
+
+
+def relu_forward(x):
+    """x (N, M) -> max(0, x), cache."""
+    xp = array_module(x)
+    out = xp.maximum(x, 0)
+    return out, out
+
+
+def relu_backward(dout, cache):
+    """Gradient passes where the unit was active."""
+    return dout * (cache > 0)
+
+
+def softmax(scores):
+    """scores (N, C) -> probabilities (N, C), stable under large scores."""
+    xp = array_module(scores)
+    z = scores - scores.max(axis=1, keepdims=True)
+    e = xp.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def softmax_cross_entropy(scores, y):
+    """scores (N, C), y (N,) int -> mean cross-entropy, dscores (N, C)."""
+    xp = array_module(scores)
+    n = scores.shape[0]
+    z = scores - scores.max(axis=1, keepdims=True)
+    log_z = xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+    log_p = z - log_z
+    rows = xp.arange(n)
+    loss = -log_p[rows, y].mean()
+    dscores = xp.exp(log_p)
+    dscores[rows, y] -= 1  # softmax gradient indexed by label: no one-hot matrix
+    return loss, dscores / n
+
+
+def forward(params, x):
+    """x (N, D) -> class scores (N, C)."""
+    h, _ = relu_forward(x @ params["W1"] + params["b1"])
+    return h @ params["W2"] + params["b2"]
+
+
+def l2_penalty(params, lam: float) -> float:
+    """lambda * (||W1||^2 + ||W2||^2); biases are not regularised."""
+    return lam * float((params["W1"] ** 2).sum() + (params["W2"] ** 2).sum())
+
+
+def loss_and_grads(params, x, y, lam: float):
+    """Mean cross-entropy loss, cost J = loss + L2 penalty, and dJ/dparams (same keys)."""
+    s1, c1 = affine_forward(x, params["W1"], params["b1"])
+    h, cr = relu_forward(s1)
+    scores, c2 = affine_forward(h, params["W2"], params["b2"])
+    loss, dscores = softmax_cross_entropy(scores, y)
+    dh, dW2, db2 = affine_backward(dscores, c2)
+    _, dW1, db1 = affine_backward(relu_backward(dh, cr), c1, need_dx=False)
+    dW1 += 2 * lam * params["W1"]
+    dW2 += 2 * lam * params["W2"]
+    grads = {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
+    loss = float(loss)
+    return loss, loss + l2_penalty(params, lam), grads
+
+
+def evaluate(params, x, y, lam: float, chunk: int = 10000) -> dict:
+    """Loss, cost and accuracy on a whole split, one forward pass in chunks of rows."""
+    xp = array_module(x)
+    n = x.shape[0]
+    total_nll, correct = 0.0, 0
+    for start in range(0, n, chunk):
+        scores = forward(params, x[start : start + chunk])
+        yb = y[start : start + chunk]
+        z = scores - scores.max(axis=1, keepdims=True)
+        log_p = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+        total_nll -= float(log_p[xp.arange(len(yb)), yb].sum())
+        correct += int((scores.argmax(axis=1) == yb).sum())
+    loss = total_nll / n
+    return {"loss": loss, "cost": loss + l2_penalty(params, lam), "accuracy": correct / n}
+
+
+def predict(params, x, chunk: int = 10000):
+    """x (N, D) -> predicted labels (N,)."""
+    xp = array_module(x)
+    starts = range(0, x.shape[0], chunk)
+    return xp.concatenate([forward(params, x[s : s + chunk]).argmax(axis=1) for s in starts])

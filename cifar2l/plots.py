@@ -1,0 +1,70 @@
+"""Matplotlib figures, written without a display (Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    tmp.replace(path)
+
+
+def curve(rows: list[dict], metric: str, path: Path, title: str) -> None:
+    """`train_<metric>` and `val_<metric>` against the update step, like the study's figures."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [r["step"] for r in rows]
+    for split, label in (("train", "training"), ("val", "validation")):
+        ax.plot(steps, [r[f"{split}_{metric}"] for r in rows], marker=".", label=label)
+    ax.set(xlabel="update step", ylabel=metric, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def learning_rate(lr_fn, total: int, path: Path) -> None:
+    plt = _pyplot()
+    steps = np.arange(total + 1)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(steps, [lr_fn(int(t)) for t in steps])
+    ax.set(xlabel="update step", ylabel="learning rate", title="learning-rate schedule")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def training_plots(rows: list[dict], lr_fn, total: int, run_dir: Path) -> None:
+    for metric in ("cost", "loss", "accuracy"):
+        curve(rows, metric, run_dir / f"{metric}.png", f"{metric} plot")
+    learning_rate(lr_fn, total, run_dir / "lr.png")
+
+
+def confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> None:
+    """Rows: true class, columns: predicted class, counts in the cells."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    limit = matrix.max() / 2 if matrix.size else 0
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+                color="white" if v > limit else "black")  # fmt: skip
+    fig.colorbar(im, ax=ax)
+    _save(fig, path)
+    plt.close(fig)

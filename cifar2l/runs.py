@@ -1,0 +1,150 @@
+"""Run directories: unique creation, atomic file writes, summaries."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import RunError
+
+
+def check_writable(root: Path) -> None:
+    """Fail before any work when the runs root cannot take a new directory."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"{root}: cannot create the runs directory ({e.strerror})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise RunError(f"{root}: runs directory is not writable")
+
+
+def create_run_dir(root: Path, command: str, name: str) -> Path:
+    """runs/<YYYYmmdd-HHMMSS>-<command>-<name>[-k]/, unique even for runs started together."""
+    check_writable(root)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{safe}"
+    for k in range(1, 10000):
+        path = root / (stem if k == 1 else f"{stem}-{k}")
+        try:
+            path.mkdir()  # atomic: exactly one process wins each name
+            return path
+        except FileExistsError:
+            continue
+    raise RunError(f"{root}: could not find a free run directory name for {stem}")
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temp file in the same directory, then rename: readers never see half a file."""
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: dict) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def save_npz(path: Path, **arrays) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    return {
+        "cifar2l": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pydantic": version("pydantic"),
+    }
+
+
+def base_summary(command: str, run_dir: Path, seed: int) -> dict:
+    return {
+        "command": command,
+        "status": "running",
+        "run_dir": str(run_dir),
+        "seed": seed,
+        "seconds": None,
+        "argv": sys.argv,
+        "versions": versions(),
+    }
+
+
+def write_command(run_dir: Path) -> None:
+    import shlex
+
+    atomic_write(run_dir / "command.txt", shlex.join(["cifar2l", *sys.argv[1:]]) + "\n")
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    # repr() keeps every digit, so equal runs give byte-identical files.
+    lines = [",".join(columns)]
+    lines += [",".join(repr(r[c]) if isinstance(r[c], float) else str(r[c]) for c in columns)
+              for r in rows]  # fmt: skip
+    atomic_write(path, "\n".join(lines) + "\n")
+
+
+class Run:
+    """An open run directory and its summary, finalised by `open_run`."""
+
+    def __init__(self, path: Path, summary: dict):
+        self.path = path
+        self.summary = summary
+
+    def save_summary(self) -> None:
+        write_json(self.path / "summary.json", self.summary)
+
+
+@contextlib.contextmanager
+def open_run(out: Path, command: str, name: str, cfg, config_text: str):
+    """Create the run dir, record config and command; mark the summary completed or failed."""
+    run = Run(create_run_dir(Path(out), command, name), {})
+    run.summary = base_summary(command, run.path, cfg.seed)
+    atomic_write(run.path / "config.yaml", config_text)
+    write_command(run.path)
+    run.save_summary()
+    start = time.perf_counter()
+    try:
+        yield run
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt)
+        run.summary["status"] = "interrupted" if interrupted else "failed"
+        run.summary["error"] = "interrupted" if interrupted else str(e) or type(e).__name__
+        run.summary["seconds"] = round(time.perf_counter() - start, 3)
+        run.save_summary()
+        raise
+    run.summary["status"] = "completed"
+    run.summary["seconds"] = round(time.perf_counter() - start, 3)
+    run.save_summary()

@@ -1,0 +1,36 @@
+"""Learning-rate schedules, each a pure function of the update step t (0-based)."""
+
+from __future__ import annotations
+
+
+def cyclical(t: int, eta_min: float, eta_max: float, n_s: int) -> float:
+    """Triangular cyclical rate (Smith 2015): up from eta_min over n_s steps, down over n_s.
+
+    For 2l n_s <= t <= (2l+1) n_s: eta_min + (t - 2l n_s) / n_s (eta_max - eta_min);
+    for (2l+1) n_s <= t <= 2(l+1) n_s: eta_max - (t - (2l+1) n_s) / n_s (eta_max - eta_min).
+    """
+    pos = t % (2 * n_s)
+    frac = pos / n_s if pos <= n_s else 2 - pos / n_s
+    return eta_min + frac * (eta_max - eta_min)
+
+
+def constant(t: int, eta: float) -> float:
+    return eta
+
+
+def total_steps(sched) -> int:
+    """Number of updates a schedule config asks for (a cyclical one ends at an eta_min point)."""
+    return 2 * sched.n_s * sched.cycles if sched.kind == "cyclical" else sched.steps
+
+
+def make_schedule(sched):
+    """Config section -> eta(t)."""
+    if sched.kind == "cyclical":
+        return lambda t: cyclical(t, sched.eta_min, sched.eta_max, sched.n_s)
+    return lambda t: constant(t, sched.eta)
+
+
+def default_log_every(sched) -> int:
+    """10 evaluation points per cycle (per run, for a constant rate)."""
+    per = 2 * sched.n_s if sched.kind == "cyclical" else sched.steps
+    return max(1, per // 10)

@@ -1,0 +1,169 @@
+"""The training loop: mini-batch gradient descent under a learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from . import network, optim
+from .data import Split
+from .errors import RunError
+from .schedule import default_log_every, make_schedule, total_steps
+
+METRIC_COLUMNS = [
+    "step", "epoch", "lr",
+    "train_loss", "train_cost", "train_accuracy",
+    "val_loss", "val_cost", "val_accuracy",
+]  # fmt: skip
+
+
+def make_rngs(seed: int) -> dict[str, np.random.Generator]:
+    """Independent named streams from one seed: a new use of randomness never shifts the others."""
+    init, shuffle, split = np.random.SeedSequence(seed).spawn(3)
+    return {
+        "init": np.random.default_rng(init),
+        "shuffle": np.random.default_rng(shuffle),
+        "split": np.random.default_rng(split),
+    }
+
+
+def log_points(total: int, every: int) -> list[int]:
+    """Steps (updates done) at which metrics are taken: 0, every, 2 every, ..., and the last."""
+    return sorted(set(range(0, total + 1, every)) | {total})
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    # The partial batch at the end of an epoch is dropped, as in the study (n / batch updates).
+    if batch_size > n:
+        raise RunError(f"train.batch_size ({batch_size}) exceeds the training split ({n} rows)")
+    return n // batch_size
+
+
+def epoch_order(n: int, shuffle: bool, rng: np.random.Generator) -> np.ndarray:
+    return rng.permutation(n) if shuffle else np.arange(n)
+
+
+def metrics_row(params, t: int, epoch: float, lr: float, train: Split, val: Split, lam: float):
+    row = {"step": t, "epoch": epoch, "lr": lr}
+    for name, split in (("train", train), ("val", val)):
+        m = network.evaluate(params, split.x, split.y, lam)
+        row.update({f"{name}_{k}": v for k, v in m.items()})
+    return row
+
+
+def train(
+    params: dict,
+    train_split: Split,
+    val_split: Split,
+    cfg,
+    rng: np.random.Generator,
+    on_row: Callable[[dict, float], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Train `params` in place; return the metric rows. `rng` draws the epoch shuffles."""
+    eta = make_schedule(cfg.schedule)
+    total = total_steps(cfg.schedule)
+    lam = cfg.optim.lambda_
+    batch = cfg.train.batch_size
+    per_epoch = steps_per_epoch(len(train_split.y), batch)
+    log_at = set(log_points(total, cfg.train.log_every or default_log_every(cfg.schedule)))
+    x, y = train_split.x, train_split.y
+    xp = network.array_module(x)
+    xb = xp.empty((batch, x.shape[1]), dtype=x.dtype)  # reused gather buffer
+    rows, start = [], time.perf_counter()
+    for t in range(total + 1):
+        epoch, i = divmod(t, per_epoch)
+        if t in log_at:
+            rows.append(metrics_row(params, t, t / per_epoch, eta(t), train_split, val_split, lam))
+            if on_row:
+                on_row(rows[-1], time.perf_counter() - start)
+        if t == total:
+            break
+        if i == 0:
+            order = epoch_order(len(y), cfg.train.shuffle, rng)
+        idx = order[i * batch : (i + 1) * batch]
+        xp.take(x, idx, axis=0, out=xb)
+        loss, _, grads = network.loss_and_grads(params, xb, y[idx], lam)
+        if not math.isfinite(loss):
+            raise RunError(f"training diverged at step {t} (lr={eta(t):.6g})")
+        optim.sgd_update(params, grads, eta(t))
+        if on_step:
+            on_step(1)
+    return rows
+
+
+# ---------------------------------------------------------------- the `train` command
+
+ROW_COLUMNS = [*METRIC_COLUMNS, "seconds"]
+TIMING_COLUMNS = ["step", "seconds"]
+
+
+def format_row(row: dict, seconds: float) -> str:
+    """A console line with the same column names (and order) as metrics.csv."""
+    vals = {**row, "seconds": seconds}
+    return "  ".join(f"{vals[c]:>{_width(c)}{_spec(c)}}" for c in ROW_COLUMNS)
+
+
+def _width(col: str) -> int:
+    return max(len(col), 8)
+
+
+def _spec(col: str) -> str:
+    return {"step": "d", "epoch": ".2f", "lr": ".3e", "seconds": ".1f"}.get(col, ".4f")
+
+
+def header() -> str:
+    return "  ".join(f"{c:>{_width(c)}}" for c in ROW_COLUMNS)
+
+
+def final_metrics(params, prep, lam: float) -> dict:
+    splits = {"train": prep.train, "val": prep.val, "test": prep.test}
+    return {k: network.evaluate(params, s.x, s.y, lam) for k, s in splits.items() if s is not None}
+
+
+def run_train(cfg, config_text: str, config_path: str, out, name: str) -> dict:
+    from . import console, data, plots, runs
+    from .errors import ConfigError
+    from .evaluate import save_weights
+
+    rngs = make_rngs(cfg.seed)
+    prep = data.prepare(cfg.data, cfg.dtype, rngs["split"])
+    if cfg.train.batch_size > len(prep.train.y):
+        raise ConfigError(f"{config_path}: train.batch_size: {cfg.train.batch_size} exceeds the "
+                          f"training split ({len(prep.train.y)} rows)")  # fmt: skip
+    total = total_steps(cfg.schedule)
+    with runs.open_run(out, "train", name, cfg, config_text) as run:
+        console.log(f"run dir: {run.path}  data: {prep.source} ({prep.format}), "
+                    f"train/val/test {len(prep.train.y)}/{len(prep.val.y)}/"
+                    f"{len(prep.test.y) if prep.test else 0}")  # fmt: skip
+        params = network.init_params(prep.train.x.shape[1], cfg.model.hidden, len(prep.classes),
+                                     rngs["init"], cfg.dtype)  # fmt: skip
+        timing = []
+
+        def on_row(row, seconds):
+            if not timing:
+                console.log(header())
+            timing.append({"step": row["step"], "seconds": round(seconds, 3)})
+            console.log(format_row(row, seconds))
+
+        with console.progress_bar("train", total=total) as advance:
+            rows = train(params, prep.train, prep.val, cfg, rngs["shuffle"], on_row, advance)
+        runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, rows)
+        runs.write_csv(run.path / "timing.csv", TIMING_COLUMNS, timing)
+        final = final_metrics(params, prep, cfg.optim.lambda_)
+        save_weights(run.path / "weights.npz", params, prep.mean, prep.std, prep.classes,
+                     config_text)  # fmt: skip
+        plots.training_plots(rows, make_schedule(cfg.schedule), total, run.path)
+        run.summary.update(
+            steps=total,
+            data={"source": prep.source, "format": prep.format,
+                  "sizes": {k: len(v.y) for k, v in
+                            (("train", prep.train), ("val", prep.val), ("test", prep.test)) if v}},
+            **{m: {k: v[m] for k, v in final.items()} for m in ("accuracy", "loss", "cost")},
+        )  # fmt: skip
+    console.table("final metrics", ["split", "loss", "cost", "accuracy"],
+                  [[k, v["loss"], v["cost"], v["accuracy"]] for k, v in final.items()])
+    return run.summary
