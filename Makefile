@@ -26,7 +26,7 @@ table1: $(STAMP)
 	$(BIN)/cifar2l gradcheck configs/gradcheck.yaml --out $(RUNS)
 
 table2: $(STAMP)
-	$(BIN)/python -m cifar2l.table2 --out $(RUNS)
+	$(BIN)/python -m cifar2l.tables --out $(RUNS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cifar2l tests

@@ -125,10 +125,10 @@ def load_dataset(source: Path) -> Dataset:
     """Decode `source` once, then serve it from uint8 .npy files in the cache."""
     source = Path(source)
     folder = cache_dir() / "decoded" / _source_key(source)
-    if (folder / "meta.json").is_file():
+    if folder.exists():
         try:
             return _read_cache(folder)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, TypeError):
             shutil.rmtree(folder, ignore_errors=True)  # damaged cache: decode again
     ds = decode(source)
     _write_cache(folder, ds)
@@ -136,15 +136,16 @@ def load_dataset(source: Path) -> Dataset:
 
 
 def _source_key(source: Path) -> str:
-    # Path, size and mtime of the source (and of its folders): a changed source is re-read.
+    # Path, size and mtime of the source and of everything under it: a changed source is re-read.
     real = source.resolve()
     parts = [str(CACHE_VERSION), str(real)]
-    walk = [real] + (sorted(p for p in real.rglob("*") if p.is_dir()) if real.is_dir() else [])
+    walk = [real] + (sorted(real.rglob("*")) if real.is_dir() else [])
     for p in walk:
-        st = p.stat()
-        parts.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
-    if real.is_dir():
-        parts += [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in real.iterdir()]
+        try:
+            st = p.stat()
+        except OSError:  # a dangling link, which decoding skips too
+            st = p.lstat()
+        parts.append(f"{p.relative_to(real).as_posix()}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -198,8 +199,20 @@ def _tar_members(path: Path):
                 if m.isfile() and _wanted(m.name):
                     data = tar.extractfile(m).read()
                     yield m.name, (lambda d=data: d)
+            _check_complete(tar)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
         raise DataError(f"{path}: truncated or corrupt archive ({e})") from None
+
+
+def _check_complete(tar: tarfile.TarFile) -> None:
+    # tarfile ends the member list quietly at a truncated or garbled header; a complete archive
+    # ends with a zero block there. (gzip, bz2 and xz streams report truncation themselves.)
+    if not isinstance(tar.fileobj, io.BufferedReader):
+        return
+    tar.fileobj.seek(tar.offset)
+    end = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if len(end) != tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
+        raise tarfile.ReadError(f"no end-of-archive marker at byte {tar.offset}")
 
 
 _OFFICIAL = re.compile(r"(?:^|/)(data_batch_[1-5]|test_batch|batches\.meta)$")
@@ -283,8 +296,9 @@ def _official_classes(meta, source: str) -> list[str]:
 
 def _from_images(images: dict, source: str) -> Dataset:
     classes = sorted(images["train"])
+    every = set(images["train"]) | set(images["test"])
     for split in ("train", "test"):
-        missing = sorted(set(classes) ^ set(images[split]))
+        missing = sorted(every - set(images[split]))
         if not images[split] or missing:
             what = missing[0] if missing else "every class"
             raise DataError(f"{source}: {split}/{what}: class folder missing")
