@@ -33,7 +33,9 @@ SetOpt = Annotated[
                  help="Override a config key, YAML-typed (repeatable): --set optim.lambda=0.005"),
 ]  # fmt: skip
 OutOpt = Annotated[Path, typer.Option("--out", help="Runs root; each run gets a fresh directory.")]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Run name (default: the config file name).")]
+NameOpt = Annotated[
+    str | None, typer.Option("--name", help="Run name (default: the config file name).")
+]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override the config's seed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only the summary JSON on stdout.")]
@@ -47,7 +49,10 @@ def _version(value: bool):
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
 ):
     """Reproducible experiments with a from-scratch NumPy two-layer network on CIFAR-10."""
 

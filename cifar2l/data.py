@@ -138,15 +138,24 @@ def load_dataset(source: Path) -> Dataset:
 def _source_key(source: Path) -> str:
     # Path, size and mtime of the source and of everything under it: a changed source is re-read.
     real = source.resolve()
-    parts = [str(CACHE_VERSION), str(real)]
-    walk = [real] + (sorted(real.rglob("*")) if real.is_dir() else [])
-    for p in walk:
-        try:
-            st = p.stat()
-        except OSError:  # a dangling link, which decoding skips too
-            st = p.lstat()
-        parts.append(f"{p.relative_to(real).as_posix()}:{st.st_size}:{st.st_mtime_ns}")
+    st = real.stat()
+    parts = [str(CACHE_VERSION), str(real), f"{st.st_size}:{st.st_mtime_ns}"]
+    if real.is_dir():
+        _stat_tree(real, "", parts)
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _stat_tree(folder, rel: str, parts: list[str]) -> None:
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        try:
+            st = e.stat()
+        except OSError:  # a dangling link, which decoding skips too
+            st = e.stat(follow_symlinks=False)
+        parts.append(f"{rel}{e.name}:{st.st_size}:{st.st_mtime_ns}")
+        if e.is_dir(follow_symlinks=False):
+            _stat_tree(e.path, f"{rel}{e.name}/", parts)
 
 
 _ARRAYS = ("train_x", "train_y", "test_x", "test_y")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +48,7 @@ def load_weights(target: Path) -> Weights:
             params = {k: f[k] for k in PARAM_KEYS}
             w = Weights(params, f["mean"], f["std"], [str(c) for c in f["classes"]],
                         str(f["config"]), path)  # fmt: skip
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise RunError(f"{path}: not a cifar2l weights file ({e})") from None
     check_shapes(w)
     return w
@@ -86,7 +88,7 @@ def score(w: Weights, x, y) -> dict:
     per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
     return {
         "accuracy": float((pred == y).mean()),
-        "per_class_accuracy": {c: float(a) for c, a in zip(w.classes, per_class)},
+        "per_class_accuracy": {c: float(a) for c, a in zip(w.classes, per_class, strict=True)},
         "confusion": cm,
     }
 
@@ -94,11 +96,12 @@ def score(w: Weights, x, y) -> dict:
 def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str | None) -> dict:
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r}: allowed values: {', '.join(SPLITS)}")
+    started = time.perf_counter()
     w = load_weights(target)
     cfg, x, y = split_rows(w, overrides, split)
     result = score(w, x, y)
     run_name = name or w.path.parent.name
-    with runs.open_run(out, "evaluate", run_name, cfg, config_mod.dump_yaml(cfg)) as run:
+    with runs.open_run(out, "evaluate", run_name, cfg, config_mod.dump_yaml(cfg), started) as run:
         cm = result.pop("confusion")
         write_confusion_csv(run.path / "confusion.csv", cm, w.classes)
         plots.confusion(cm, w.classes, run.path / "confusion.png", f"{split} split")
@@ -111,5 +114,5 @@ def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str 
 
 def write_confusion_csv(path: Path, cm: np.ndarray, classes: list[str]) -> None:
     lines = ["true\\predicted," + ",".join(classes)]
-    lines += [f"{c}," + ",".join(str(v) for v in row) for c, row in zip(classes, cm)]
+    lines += [f"{c}," + ",".join(str(v) for v in row) for c, row in zip(classes, cm, strict=True)]
     runs.atomic_write(path, "\n".join(lines) + "\n")

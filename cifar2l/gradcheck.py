@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from . import console, data, network, runs
@@ -86,7 +88,8 @@ def check(cfg) -> tuple[list[dict], dict]:
             ("reduced", compare(reduced, xr, yr, lam, gc.h)),
             ("full_size", compare(full, xf, yf, lam, gc.h, coords)),
         ):
-            rows += [{"problem": problem, "lambda": lam, "param": k, **v} for k, v in result.items()]
+            rows += [{"problem": problem, "lambda": lam, "param": k, **v}
+                     for k, v in result.items()]  # fmt: skip
     return rows, summarize(rows, gc)
 
 
@@ -118,8 +121,9 @@ def summarize(rows: list[dict], gc) -> dict:
 
 
 def run_gradcheck(cfg, config_text: str, out, name: str) -> dict:
-    rows, result = check(cfg)
-    with runs.open_run(out, "gradcheck", name, cfg, config_text) as run:
+    started = time.perf_counter()
+    rows, result = check(cfg)  # before the run dir: a data error leaves nothing behind
+    with runs.open_run(out, "gradcheck", name, cfg, config_text, started) as run:
         runs.write_csv(run.path / "gradcheck.csv", COLUMNS, rows)
         run.summary.update(result)
     for problem in ("reduced", "full_size"):
@@ -132,6 +136,7 @@ def run_gradcheck(cfg, config_text: str, out, name: str) -> dict:
                   r["max_rel_error"]] for r in sel],  # fmt: skip
             )
     verdict = "passed" if result["passed"] else "FAILED"
-    console.log(f"gradient check {verdict} (tolerance {cfg.gradcheck.tolerance:g} reduced, "
-                f"{cfg.gradcheck.full_size_tolerance:g} full size); run dir: {run.path}")  # fmt: skip
+    gc = cfg.gradcheck
+    console.log(f"gradient check {verdict} (tolerance {gc.tolerance:g} reduced, "
+                f"{gc.full_size_tolerance:g} full size); run dir: {run.path}")  # fmt: skip
     return run.summary

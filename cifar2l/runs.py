@@ -128,14 +128,17 @@ class Run:
 
 
 @contextlib.contextmanager
-def open_run(out: Path, command: str, name: str, cfg, config_text: str):
-    """Create the run dir, record config and command; mark the summary completed or failed."""
+def open_run(out: Path, command: str, name: str, cfg, config_text: str, started=None):
+    """Create the run dir, record config and command; mark the summary completed or failed.
+
+    `started` (a perf_counter value) counts work done before the directory existed.
+    """
     run = Run(create_run_dir(Path(out), command, name), {})
     run.summary = base_summary(command, run.path, cfg.seed)
     atomic_write(run.path / "config.yaml", config_text)
     write_command(run.path)
     run.save_summary()
-    start = time.perf_counter()
+    start = time.perf_counter() if started is None else started
     try:
         yield run
     except BaseException as e:

@@ -129,13 +129,14 @@ def run_train(cfg, config_text: str, config_path: str, out, name: str) -> dict:
     from .errors import ConfigError
     from .evaluate import save_weights
 
+    started = time.perf_counter()
     rngs = make_rngs(cfg.seed)
     prep = data.prepare(cfg.data, cfg.dtype, rngs["split"])
     if cfg.train.batch_size > len(prep.train.y):
         raise ConfigError(f"{config_path}: train.batch_size: {cfg.train.batch_size} exceeds the "
                           f"training split ({len(prep.train.y)} rows)")  # fmt: skip
     total = total_steps(cfg.schedule)
-    with runs.open_run(out, "train", name, cfg, config_text) as run:
+    with runs.open_run(out, "train", name, cfg, config_text, started) as run:
         console.log(f"run dir: {run.path}  data: {prep.source} ({prep.format}), "
                     f"train/val/test {len(prep.train.y)}/{len(prep.val.y)}/"
                     f"{len(prep.test.y) if prep.test else 0}")  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from cifar2l import schedule, train
@@ -58,9 +59,8 @@ def test_cyclical_brute_force_three_cycles(n_s):
 def test_cyclical_is_monotone_on_each_half():
     ts = range(0, 2 * N_S + 1)
     values = [eta(t) for t in ts]
-    up, down = values[: N_S + 1], values[N_S:]
-    assert all(b > a for a, b in zip(up, up[1:]))
-    assert all(b < a for a, b in zip(down, down[1:]))
+    assert (np.diff(values[: N_S + 1]) > 0).all()
+    assert (np.diff(values[N_S:]) < 0).all()
     step = (ETA_MAX - ETA_MIN) / N_S
     assert values[1] - values[0] == pytest.approx(step, rel=1e-9)
 
