@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RUNS   ?= runs
 
-.PHONY: setup train test table1 table2 lint clean
+.PHONY: setup train test table1 table2 table3 final lint clean
 
 setup: $(STAMP)
 
@@ -26,7 +26,13 @@ table1: $(STAMP)
 	$(BIN)/cifar2l gradcheck configs/gradcheck.yaml --out $(RUNS)
 
 table2: $(STAMP)
-	$(BIN)/python -m cifar2l.tables --out $(RUNS)
+	$(BIN)/python -m cifar2l.tables table2 --out $(RUNS)
+
+table3: $(STAMP)
+	$(BIN)/python -m cifar2l.tables table3 --out $(RUNS)
+
+final: $(STAMP)
+	$(BIN)/python -m cifar2l.tables final --out $(RUNS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cifar2l tests

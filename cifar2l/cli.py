@@ -166,5 +166,70 @@ def evaluate(
     _execute(work, quiet, as_json)
 
 
+@app.command()
+def search(
+    config: Annotated[str | None, typer.Argument(
+        help="Experiment YAML with a search: section, or the word `collect`.",
+        show_default=False)] = None,
+    run_dir: Annotated[Path | None, typer.Argument(
+        help="After `collect`: the search directory to merge.", show_default=False)] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j",
+                                      help="Worker processes on this machine.")] = 1,
+    shard: Annotated[str | None, typer.Option("--shard", metavar="I/N", help=(
+        "Run only trials with index % N == I (default: SLURM_ARRAY_TASK_ID/COUNT when set)."
+    ))] = None,
+    directory: Annotated[Path | None, typer.Option("--dir", help=(
+        "Search directory shared by all shards (created once); default: a fresh run dir."))] = None,
+    resume: Annotated[Path | None, typer.Option("--resume", metavar="RUN_DIR", help=(
+        "Continue the search stored in RUN_DIR; finished trials are skipped."))] = None,
+    refine: Annotated[Path | None, typer.Option("--refine", metavar="RUN_DIR", help=(
+        "Narrow (log-)uniform ranges to the best trials of that search (search.refine_top)."
+    ))] = None,
+    no_collect: Annotated[bool, typer.Option("--no-collect", hidden=True)] = False,
+    set_: SetOpt = None,
+    out: OutOpt = Path("runs"),
+    name: NameOpt = None,
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Random search: train one run per trial, rank them, write results.csv and best.yaml.
+
+    `cifar2l search collect RUN_DIR` merges the trials of a sharded search.
+
+    Example:
+
+        cifar2l search configs/search-coarse.yaml --jobs 2
+
+        cifar2l search configs/search-fine.yaml --refine runs/20261127-140000-search-search-coarse
+
+        cifar2l search configs/search-coarse.yaml --dir runs/coarse --shard 0/4
+
+        cifar2l search collect runs/coarse
+    """
+    from . import search as search_mod
+    from .errors import ConfigError
+
+    def work():
+        if config == "collect":
+            if run_dir is None:
+                raise ConfigError("search collect: give the search directory, e.g. "
+                                  "cifar2l search collect runs/coarse")  # fmt: skip
+            return search_mod.collect_and_show(run_dir)
+        if run_dir is not None:
+            raise ConfigError(f"unexpected argument {str(run_dir)!r} (only `collect` takes one)")
+        if resume is not None and config is None:
+            return search_mod.resume_search(resume, jobs=jobs, shard=shard,
+                                            collect_after=not no_collect)  # fmt: skip
+        if config is None:
+            raise ConfigError("search: give a CONFIG, `collect RUN_DIR` or --resume RUN_DIR")
+        cfg, text = _load(Path(config), set_, seed)
+        return search_mod.run_search(
+            cfg, text, config, out, name or Path(config).stem, jobs=jobs, shard=shard,
+            directory=resume or directory, refine=refine, collect_after=not no_collect)
+
+    _execute(work, quiet, as_json)
+
+
 def main() -> None:
     app()

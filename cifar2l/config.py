@@ -9,10 +9,18 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -98,8 +106,83 @@ class GradcheckConfig(_Section):
     full_size_tolerance: float = Field(1e-5, gt=0)
 
 
+class Distribution(_Section):
+    """One of: log_uniform [lo, hi], uniform [lo, hi], int_uniform [lo, hi], choice [a, b, ...]."""
+
+    log_uniform: list[float] | None = None
+    uniform: list[float] | None = None
+    int_uniform: list[int] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in DISTRIBUTIONS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(DISTRIBUTIONS)}")
+        kind, args = given[0], getattr(self, given[0])
+        if kind == "choice":
+            if not args:
+                raise ValueError("choice: needs at least one value")
+        elif len(args) != 2 or args[0] > args[1]:
+            raise ValueError(f"{kind}: expected [low, high] with low <= high, got {args}")
+        elif kind == "log_uniform" and args[0] <= 0:
+            raise ValueError(f"log_uniform: bounds must be > 0, got {args}")
+        return self
+
+    @model_serializer
+    def _only_the_given(self) -> dict:
+        return {self.kind: self.args}
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DISTRIBUTIONS if getattr(self, k) is not None)
+
+    @property
+    def args(self) -> list:
+        return getattr(self, self.kind)
+
+
+DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "choice")
+
+
+class SearchConfig(_Section):
+    trials: int = Field(16, ge=1)
+    seed: int = 0
+    metric: Literal["val_accuracy", "best_val_accuracy"] = "val_accuracy"
+    space: dict[str, Distribution] = {}
+    refine_from: str | None = None
+    refine_top: int = Field(2, ge=1)
+    top_k: int = Field(4, ge=1)
+
+    @field_validator("space")
+    @classmethod
+    def _known_keys(cls, space):
+        for key in space:
+            if key == "init_seed":  # trial_raw sets it per trial: a searched value would be lost
+                raise ValueError("'init_seed' is drawn per trial from search.seed; "
+                                 "it cannot be searched")  # fmt: skip
+            if not _is_leaf(key.split(".")):
+                raise ValueError(f"{key!r} is not a config key (e.g. optim.lambda, model.hidden)")
+        return space
+
+
+def _is_leaf(parts: list[str]) -> bool:
+    if parts[0] in ("search", "extends"):
+        return False
+    model: Any = Config
+    for part in parts:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return False  # a key below a leaf, e.g. model.hidden.x
+        names = {f.alias or n: f for n, f in model.model_fields.items()}
+        if part not in names:
+            return False
+        model = names[part].annotation
+    return not (isinstance(model, type) and issubclass(model, BaseModel))
+
+
 class Config(_Section):
     seed: int = 42
+    init_seed: int | None = None
     dtype: Literal["float32", "float64"] = "float32"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -107,6 +190,7 @@ class Config(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     gradcheck: GradcheckConfig = GradcheckConfig()
+    search: SearchConfig = SearchConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
@@ -202,20 +286,26 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, parse_yaml(value, f"--set {key}") if value.strip() else None
 
 
+def set_dotted(raw: dict, parts: list[str], value: Any, what: str) -> dict:
+    """A copy of `raw` with raw[p0][p1]...[pn] = value, creating missing sections."""
+    out = dict(raw)
+    node = out
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{what}: {'.'.join(parts[: i + 1])} is not a section")
+        node[part] = dict(child)
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    raw = dict(raw)
     for text in overrides:
         parts, value = parse_override(text)
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {'.'.join(parts[: i + 1])} is not a section")
-            node[part] = dict(child)
-            node = node[part]
-        node[parts[-1]] = value
+        raw = set_dotted(raw, parts, value, f"--set {text!r}")
     return raw
 
 
@@ -248,9 +338,12 @@ def _is_union_tag(part: Any) -> bool:
 
 
 def _allowed_keys(section: list[str]) -> list[str]:
-    model: type[BaseModel] = Config
+    model: Any = Config
     for part in section:
-        model = model.model_fields[part].annotation
+        if get_origin(model) is dict:  # part is a key of search.space: its value's model
+            model = get_args(model)[1]
+        else:
+            model = model.model_fields[part].annotation
     return [f.alias or name for name, f in model.model_fields.items()]
 
 

@@ -19,8 +19,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True, soft_wrap=True)
+# Off a terminal (logs, pipes) rich would wrap tables at 80 columns; keep them whole.
+_WIDTH = None if sys.stdout.isatty() else 160
+stdout = Console(soft_wrap=True, width=_WIDTH)
+stderr = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 _quiet = False
 
 
@@ -31,6 +33,17 @@ def set_quiet(value: bool) -> None:
 
 def is_quiet() -> bool:
     return _quiet
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence rows, tables and bars for a while (e.g. inside a search trial)."""
+    global _quiet
+    before, _quiet = _quiet, True
+    try:
+        yield
+    finally:
+        _quiet = before
 
 
 @contextlib.contextmanager

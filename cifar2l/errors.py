@@ -19,3 +19,9 @@ class DataError(Cifar2lError):
 
 class RunError(Cifar2lError):
     """A runtime failure while running a command (exit 1)."""
+
+
+class DivergedError(RunError):
+    """Training produced a non-finite loss."""
+
+    status = "diverged"

@@ -13,7 +13,7 @@ from . import config as config_mod
 from . import console, data, network, plots, runs
 from .errors import ConfigError, RunError
 from .network import PARAM_KEYS
-from .train import make_rngs
+from .rngs import make_rngs
 
 SPLITS = ("train", "val", "test")
 

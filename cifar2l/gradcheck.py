@@ -8,7 +8,7 @@ import numpy as np
 
 from . import console, data, network, runs
 from .network import PARAM_KEYS
-from .train import make_rngs
+from .rngs import make_rngs
 
 COLUMNS = ["problem", "lambda", "param", "coords", "mean_abs_diff", "max_abs_diff", "max_rel_error"]
 

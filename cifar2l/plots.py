@@ -68,3 +68,23 @@ def confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) ->
     fig.colorbar(im, ax=ax)
     _save(fig, path)
     plt.close(fig)
+
+
+def search_scatter(rows: list[dict], search: dict, path: Path) -> None:
+    """Validation accuracy against each searched value (log axis for log-uniform keys)."""
+    plt = _pyplot()
+    keys = list(search["space"])
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
+    metric = search["metric"]
+    for ax, key in zip(axes[0], keys, strict=True):
+        xs = [r["params"][key] for r in rows]
+        if "choice" in search["space"][key]:
+            xs = [str(x) for x in xs]
+        ax.scatter(xs, [r[metric] for r in rows], s=18)
+        if "log_uniform" in search["space"][key]:
+            ax.set_xscale("log")
+        ax.set(xlabel=key, ylabel=metric)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{len(rows)} completed trials")
+    _save(fig, path)
+    plt.close(fig)

@@ -43,10 +43,15 @@ def create_run_dir(root: Path, command: str, name: str) -> Path:
     raise RunError(f"{root}: could not find a free run directory name for {stem}")
 
 
+def temp_file(folder: Path, name: str) -> tuple[int, str]:
+    """An open (fd, path) for a hidden temp file beside `folder / name`."""
+    return tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+
+
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write to a temp file in the same directory, then rename: readers never see half a file."""
     mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = temp_file(path.parent, path.name)
     try:
         with os.fdopen(fd, mode) as f:
             f.write(data)
@@ -127,14 +132,19 @@ class Run:
         write_json(self.path / "summary.json", self.summary)
 
 
-@contextlib.contextmanager
 def open_run(out: Path, command: str, name: str, cfg, config_text: str, started=None):
-    """Create the run dir, record config and command; mark the summary completed or failed.
+    """A fresh run directory under `out`, recorded and finalised by `start_run`."""
+    return start_run(create_run_dir(Path(out), command, name), command, cfg, config_text, started)
 
-    `started` (a perf_counter value) counts work done before the directory existed.
+
+@contextlib.contextmanager
+def start_run(path: Path, command: str, cfg, config_text: str, started=None):
+    """Record config and command in `path`; mark the summary completed, failed or interrupted.
+
+    `started` (a perf_counter value) counts work done before the directory existed. An error
+    with a `status` attribute (e.g. "diverged") records that status instead of "failed".
     """
-    run = Run(create_run_dir(Path(out), command, name), {})
-    run.summary = base_summary(command, run.path, cfg.seed)
+    run = Run(path, base_summary(command, path, cfg.seed))
     atomic_write(run.path / "config.yaml", config_text)
     write_command(run.path)
     run.save_summary()
@@ -143,7 +153,7 @@ def open_run(out: Path, command: str, name: str, cfg, config_text: str, started=
         yield run
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
-        run.summary["status"] = "interrupted" if interrupted else "failed"
+        run.summary["status"] = "interrupted" if interrupted else getattr(e, "status", "failed")
         run.summary["error"] = "interrupted" if interrupted else str(e) or type(e).__name__
         run.summary["seconds"] = round(time.perf_counter() - start, 3)
         run.save_summary()

@@ -8,9 +8,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import network, optim
+from . import console, data, network, optim, plots, runs
 from .data import Split
-from .errors import RunError
+from .errors import ConfigError, DivergedError, RunError
+from .evaluate import save_weights
+from .rngs import make_rngs
 from .schedule import default_log_every, make_schedule, total_steps
 
 METRIC_COLUMNS = [
@@ -18,16 +20,6 @@ METRIC_COLUMNS = [
     "train_loss", "train_cost", "train_accuracy",
     "val_loss", "val_cost", "val_accuracy",
 ]  # fmt: skip
-
-
-def make_rngs(seed: int) -> dict[str, np.random.Generator]:
-    """Independent named streams from one seed: a new use of randomness never shifts the others."""
-    init, shuffle, split = np.random.SeedSequence(seed).spawn(3)
-    return {
-        "init": np.random.default_rng(init),
-        "shuffle": np.random.default_rng(shuffle),
-        "split": np.random.default_rng(split),
-    }
 
 
 def log_points(total: int, every: int) -> list[int]:
@@ -88,7 +80,7 @@ def train(
         xp.take(x, idx, axis=0, out=xb)
         loss, _, grads = network.loss_and_grads(params, xb, y[idx], lam)
         if not math.isfinite(loss):
-            raise RunError(f"training diverged at step {t} (lr={eta(t):.6g})")
+            raise DivergedError(f"training diverged at step {t} (lr={eta(t):.6g})")
         optim.sgd_update(params, grads, eta(t))
         if on_step:
             on_step(1)
@@ -124,47 +116,60 @@ def final_metrics(params, prep, lam: float) -> dict:
     return {k: network.evaluate(params, s.x, s.y, lam) for k, s in splits.items() if s is not None}
 
 
-def run_train(cfg, config_text: str, config_path: str, out, name: str) -> dict:
-    from . import console, data, plots, runs
-    from .errors import ConfigError
-    from .evaluate import save_weights
-
-    started = time.perf_counter()
-    rngs = make_rngs(cfg.seed)
-    prep = data.prepare(cfg.data, cfg.dtype, rngs["split"])
+def check_batch_size(cfg, prep, source: str) -> None:
     if cfg.train.batch_size > len(prep.train.y):
-        raise ConfigError(f"{config_path}: train.batch_size: {cfg.train.batch_size} exceeds the "
+        raise ConfigError(f"{source}: train.batch_size: {cfg.train.batch_size} exceeds the "
                           f"training split ({len(prep.train.y)} rows)")  # fmt: skip
+
+
+def train_run(run, cfg, prep, config_text: str) -> dict:
+    """Train into an open run directory: metrics, timing, weights, plots; return final metrics."""
+    rngs = make_rngs(cfg.seed, cfg.init_seed)
     total = total_steps(cfg.schedule)
-    with runs.open_run(out, "train", name, cfg, config_text, started) as run:
-        console.log(f"run dir: {run.path}  data: {prep.source} ({prep.format}), "
-                    f"train/val/test {len(prep.train.y)}/{len(prep.val.y)}/"
-                    f"{len(prep.test.y) if prep.test else 0}")  # fmt: skip
-        params = network.init_params(prep.train.x.shape[1], cfg.model.hidden, len(prep.classes),
-                                     rngs["init"], cfg.dtype)  # fmt: skip
-        timing = []
+    params = network.init_params(prep.train.x.shape[1], cfg.model.hidden, len(prep.classes),
+                                 rngs["init"], cfg.dtype)  # fmt: skip
+    timing = []
 
-        def on_row(row, seconds):
-            if not timing:
-                console.log(header())
-            timing.append({"step": row["step"], "seconds": round(seconds, 3)})
-            console.log(format_row(row, seconds))
+    def on_row(row, seconds):
+        if not timing:
+            console.log(header())
+        timing.append({"step": row["step"], "seconds": round(seconds, 3)})
+        console.log(format_row(row, seconds))
 
+    try:
         with console.progress_bar("train", total=total) as advance:
             rows = train(params, prep.train, prep.val, cfg, rngs["shuffle"], on_row, advance)
-        runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, rows)
-        runs.write_csv(run.path / "timing.csv", TIMING_COLUMNS, timing)
-        final = final_metrics(params, prep, cfg.optim.lambda_)
-        save_weights(run.path / "weights.npz", params, prep.mean, prep.std, prep.classes,
-                     config_text)  # fmt: skip
-        plots.training_plots(rows, make_schedule(cfg.schedule), total, run.path)
-        run.summary.update(
-            steps=total,
-            data={"source": prep.source, "format": prep.format,
-                  "sizes": {k: len(v.y) for k, v in
-                            (("train", prep.train), ("val", prep.val), ("test", prep.test)) if v}},
-            **{m: {k: v[m] for k, v in final.items()} for m in ("accuracy", "loss", "cost")},
-        )  # fmt: skip
+    finally:  # a diverged run keeps the metrics up to where it stopped
+        if timing:
+            runs.write_csv(run.path / "timing.csv", TIMING_COLUMNS, timing)
+    runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, rows)
+    final = final_metrics(params, prep, cfg.optim.lambda_)
+    save_weights(run.path / "weights.npz", params, prep.mean, prep.std, prep.classes, config_text)
+    plots.training_plots(rows, make_schedule(cfg.schedule), total, run.path)
+    run.summary.update(
+        steps=total,
+        data={"source": prep.source, "format": prep.format, "sizes": split_sizes(prep)},
+        best_val_accuracy=max(r["val_accuracy"] for r in rows),
+        **{m: {k: v[m] for k, v in final.items()} for m in ("accuracy", "loss", "cost")},
+    )
+    return final
+
+
+def split_sizes(prep) -> dict:
+    splits = {"train": prep.train, "val": prep.val, "test": prep.test}
+    return {k: len(v.y) for k, v in splits.items() if v is not None}
+
+
+def run_train(cfg, config_text: str, config_path: str, out, name: str) -> dict:
+    """The `train` command: prepare data, open a fresh run dir, train, print the final table."""
+    started = time.perf_counter()
+    prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
+    check_batch_size(cfg, prep, config_path)
+    with runs.open_run(out, "train", name, cfg, config_text, started) as run:
+        sizes = "/".join(str(v) for v in split_sizes(prep).values())
+        console.log(f"run dir: {run.path}  data: {prep.source} ({prep.format}), "
+                    f"train/val/test {sizes}")  # fmt: skip
+        final = train_run(run, cfg, prep, config_text)
     console.table("final metrics", ["split", "loss", "cost", "accuracy"],
                   [[k, v["loss"], v["cost"], v["accuracy"]] for k, v in final.items()])
     return run.summary
