@@ -73,7 +73,7 @@ def table3(out: Path, jobs: int) -> None:
                    "--refine", coarse["run_dir"])  # fmt: skip
     for label, summary in (("coarse", coarse), ("fine", fine)):
         ours = top_rows(Path(summary["run_dir"]))
-        rows = [[i + 1, o[0], o[1], s[0], s[1]]
+        rows = [[i + 1, f"{o[0]:.8f}", o[1], f"{s[0]:.8f}", s[1]]
                 for i, (o, s) in enumerate(zip(ours, TABLE3[label], strict=False))]  # fmt: skip
         console.table(f"Table 3, {label} search: top 4 by validation accuracy "
                       f"({summary['run_dir']}, {summary['trials']} trials)",
