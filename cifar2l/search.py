@@ -376,8 +376,12 @@ def parse_shard(text: str | None) -> tuple[int, int]:
         count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
         if not count:
             return (0, 1)
-        first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
-        i, n = int(os.environ["SLURM_ARRAY_TASK_ID"]) - first, int(count)
+        try:
+            first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
+            i, n = int(os.environ["SLURM_ARRAY_TASK_ID"]) - first, int(count)
+        except (KeyError, ValueError):
+            raise ConfigError("SLURM_ARRAY_TASK_COUNT is set but SLURM_ARRAY_TASK_ID/MIN are "
+                              "missing or not integers; pass --shard I/N") from None
         if not 0 <= i < n:  # e.g. a stepped array (--array=0-15:4): shards would be skipped
             task = f"SLURM_ARRAY_TASK_ID={i + first} (MIN {first}, COUNT {n})"
             raise ConfigError(f"{task}: no shard 0..{n - 1}; use a contiguous array or --shard")
