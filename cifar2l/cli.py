@@ -138,6 +138,31 @@ def gradcheck(
 
 
 @app.command()
+def lrrange(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    out: OutOpt = Path("runs"),
+    name: NameOpt = None,
+    seed: SeedOpt = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+):
+    """LR range test: train while the rate rises, suggest eta_min / eta_max (suggestion.yaml).
+
+    Example:
+
+        cifar2l lrrange configs/lrrange-80.yaml --set lrrange.epochs=4
+    """
+    from .lrrange import run_lrrange
+
+    def work():
+        cfg, text = _load(config, set_, seed)
+        return run_lrrange(cfg, text, str(config), out, name or config.stem)
+
+    _execute(work, quiet, as_json)
+
+
+@app.command()
 def evaluate(
     target: Annotated[Path, typer.Argument(help="A run directory or a weights.npz file.",
                                            show_default=False)],  # fmt: skip

@@ -66,10 +66,28 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     hidden: int = Field(50, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class OptimConfig(_Section):
     lambda_: float = Field(0.01, alias="lambda", ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self):
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: true needs momentum > 0")
+        return self
+
+
+class NoiseConfig(_Section):
+    fraction: float = Field(0.0, ge=0, le=1)
+    std: float = Field(0.01, ge=0)
+
+
+class AugmentConfig(_Section):
+    noise: NoiseConfig = NoiseConfig()
 
 
 class ScheduleConfig(_Section):
@@ -104,6 +122,7 @@ class GradcheckConfig(_Section):
     full_size_samples: int = Field(10, ge=1)
     full_size_coords: int = Field(40, ge=1)
     full_size_tolerance: float = Field(1e-5, gt=0)
+    dropout: float = Field(0.5, ge=0, lt=1)
 
 
 class Distribution(_Section):
@@ -180,6 +199,24 @@ def _is_leaf(parts: list[str]) -> bool:
     return not (isinstance(model, type) and issubclass(model, BaseModel))
 
 
+class LRRangeConfig(_Section):
+    lr_min: float = Field(1e-5, gt=0)
+    lr_max: float = Field(1.0, gt=0)
+    epochs: int = Field(8, ge=1)
+    steps: int | None = Field(None, ge=2)
+    mode: Literal["linear", "exponential"] = "exponential"
+    eval_every: int = Field(36, ge=1)
+    stop_factor: float = Field(4.0, gt=1)
+    smooth: int = Field(5, ge=1)
+    train_eval_rows: int = Field(5000, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.lr_min >= self.lr_max:
+            raise ValueError(f"lr_min ({self.lr_min}) must be below lr_max ({self.lr_max})")
+        return self
+
+
 class Config(_Section):
     seed: int = 42
     init_seed: int | None = None
@@ -187,10 +224,12 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
+    augment: AugmentConfig = AugmentConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     gradcheck: GradcheckConfig = GradcheckConfig()
     search: SearchConfig = SearchConfig()
+    lrrange: LRRangeConfig = LRRangeConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
@@ -258,22 +297,27 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML config, resolving `extends:` (relative to the file) recursively."""
+    """Read a YAML config, resolving `extends:` (a file or a list, relative to the file)."""
     path = Path(path)
     real = path.resolve()
     if real in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, real))
         raise ConfigError(f"{path}: extends: cycle ({cycle})")
     doc = _read_yaml_file(path)
-    parent = doc.pop("extends", None)
-    if parent is None:
+    parents = doc.pop("extends", None)
+    if parents is None:
         return doc
-    if not isinstance(parent, str):
-        raise ConfigError(f"{path}: extends: must be a file name (a string)")
-    parent_path = path.parent / parent
-    if not parent_path.is_file():
-        raise ConfigError(f"{path}: extends: parent config {parent_path} not found")
-    return deep_merge(load_raw(parent_path, (*_chain, real)), doc)
+    if isinstance(parents, str):
+        parents = [parents]
+    if not (isinstance(parents, list) and parents and all(isinstance(p, str) for p in parents)):
+        raise ConfigError(f"{path}: extends: must be a file name or a list of file names")
+    merged: dict = {}
+    for parent in parents:  # later parents override earlier ones; the file itself wins
+        parent_path = path.parent / parent
+        if not parent_path.is_file():
+            raise ConfigError(f"{path}: extends: parent config {parent_path} not found")
+        merged = deep_merge(merged, load_raw(parent_path, (*_chain, real)))
+    return deep_merge(merged, doc)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

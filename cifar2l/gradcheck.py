@@ -29,15 +29,16 @@ def numerical_grad(cost_fn, array: np.ndarray, idx: tuple, h: float) -> float:
     return (plus - minus) / (2 * h)
 
 
-def compare(params, x, y, lam: float, h: float, coords=None) -> dict[str, dict]:
+def compare(params, x, y, lam: float, h: float, coords=None, mask=None) -> dict[str, dict]:
     """Per parameter: mean/max abs difference and max relative error over the checked entries.
 
-    coords: None for every entry, else {key: list of index tuples}.
+    coords: None for every entry, else {key: list of index tuples}. mask: a fixed, scaled
+    dropout mask (N, H) for the hidden layer, used by both gradients.
     """
-    _, _, grads = network.loss_and_grads(params, x, y, lam)
+    _, _, grads = network.loss_and_grads(params, x, y, lam, mask=mask)
 
     def cost():
-        return network.evaluate(params, x, y, lam)["cost"]
+        return network.loss_and_grads(params, x, y, lam, mask=mask)[1]
 
     out = {}
     for key in PARAM_KEYS:
@@ -82,10 +83,13 @@ def check(cfg) -> tuple[list[dict], dict]:
     coords = sample_coords(full, gc.full_size_coords, rngs["shuffle"])
     xr, yr = x[: gc.samples, : gc.dims], y[: gc.samples]
     xf, yf = x[: gc.full_size_samples], y[: gc.full_size_samples]
+    keep = rngs["dropout"].random((gc.samples, gc.hidden)) >= gc.dropout
+    mask = keep / (1 - gc.dropout)  # one fixed inverted-dropout mask for the dropout path
     rows = []
     for lam in gc.lambdas:
         for problem, result in (
             ("reduced", compare(reduced, xr, yr, lam, gc.h)),
+            ("reduced_dropout", compare(reduced, xr, yr, lam, gc.h, mask=mask)),
             ("full_size", compare(full, xf, yf, lam, gc.h, coords)),
         ):
             rows += [{"problem": problem, "lambda": lam, "param": k, **v}
@@ -101,7 +105,9 @@ def _worst(rows, problem: str, field: str) -> dict[str, float]:
 def summarize(rows: list[dict], gc) -> dict:
     max_rel = _worst(rows, "reduced", "max_rel_error")
     full_rel = _worst(rows, "full_size", "max_rel_error")
+    drop_rel = _worst(rows, "reduced_dropout", "max_rel_error")
     full_passed = max(full_rel.values()) <= gc.full_size_tolerance
+    drop_passed = max(drop_rel.values()) <= gc.tolerance
     reduced_passed = max(max_rel.values()) <= gc.tolerance
     return {
         "max_rel_error": max_rel,
@@ -109,7 +115,8 @@ def summarize(rows: list[dict], gc) -> dict:
         "tolerance": gc.tolerance,
         "h": gc.h,
         "lambdas": list(gc.lambdas),
-        "passed": reduced_passed and full_passed,
+        "passed": reduced_passed and full_passed and drop_passed,
+        "dropout": {"p": gc.dropout, "max_rel_error": drop_rel, "passed": drop_passed},
         "full_size": {
             "max_rel_error": full_rel,
             "coords_per_param": gc.full_size_coords,
@@ -126,7 +133,7 @@ def run_gradcheck(cfg, config_text: str, out, name: str) -> dict:
     with runs.open_run(out, "gradcheck", name, cfg, config_text, started) as run:
         runs.write_csv(run.path / "gradcheck.csv", COLUMNS, rows)
         run.summary.update(result)
-    for problem in ("reduced", "full_size"):
+    for problem in ("reduced", "reduced_dropout", "full_size"):
         for lam in cfg.gradcheck.lambdas:
             sel = [r for r in rows if r["problem"] == problem and r["lambda"] == lam]
             console.table(

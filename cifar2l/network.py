@@ -58,6 +58,25 @@ def relu_backward(dout, cache):
     return dout * (cache > 0)
 
 
+def dropout_forward(x, p: float, rng=None, mask=None):
+    """Inverted dropout on x (N, M): zero each unit with probability p, scale the kept by 1/(1-p).
+
+    At evaluation (p = 0) it is the identity. `mask` (N, M), already scaled, fixes the draw
+    (the gradient check uses one); otherwise `rng` draws it.
+    """
+    if mask is None:
+        if p == 0:
+            return x, None
+        xp = array_module(x)
+        keep = xp.asarray(rng.random(x.shape, dtype=np.float32) >= p)
+        mask = keep.astype(x.dtype) / x.dtype.type(1 - p)
+    return x * mask, mask
+
+
+def dropout_backward(dout, cache):
+    return dout if cache is None else dout * cache
+
+
 def softmax(scores):
     """scores (N, C) -> probabilities (N, C), stable under large scores."""
     xp = array_module(scores)
@@ -91,13 +110,18 @@ def l2_penalty(params, lam: float) -> float:
     return lam * float((params["W1"] ** 2).sum() + (params["W2"] ** 2).sum())
 
 
-def loss_and_grads(params, x, y, lam: float):
-    """Mean cross-entropy loss, cost J = loss + L2 penalty, and dJ/dparams (same keys)."""
+def loss_and_grads(params, x, y, lam: float, dropout: float = 0.0, rng=None, mask=None):
+    """Mean cross-entropy loss, cost J = loss + L2 penalty, and dJ/dparams (same keys).
+
+    With dropout > 0 (or a fixed `mask`), the hidden layer is dropped out as in training.
+    """
     s1, c1 = affine_forward(x, params["W1"], params["b1"])
     h, cr = relu_forward(s1)
-    scores, c2 = affine_forward(h, params["W2"], params["b2"])
+    hd, cd = dropout_forward(h, dropout, rng, mask)
+    scores, c2 = affine_forward(hd, params["W2"], params["b2"])
     loss, dscores = softmax_cross_entropy(scores, y)
-    dh, dW2, db2 = affine_backward(dscores, c2)
+    dhd, dW2, db2 = affine_backward(dscores, c2)
+    dh = dropout_backward(dhd, cd)
     _, dW1, db1 = affine_backward(relu_backward(dh, cr), c1, need_dx=False)
     dW1 += 2 * lam * params["W1"]
     dW2 += 2 * lam * params["W2"]

@@ -96,3 +96,26 @@ def search_scatter(rows: list[dict], search: dict, path: Path) -> None:
     fig.suptitle(f"{len(rows)} completed trials")
     _save(fig, path)
     plt.close(fig)
+
+
+def lrrange(rows: list[dict], s: dict, log_x: bool, path: Path) -> None:
+    """Accuracy and loss against the learning rate, with the suggested eta_min / eta_max."""
+    plt = _pyplot()
+    lrs = [r["lr"] for r in rows]
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for split, label in (("train", "training (subset)"), ("val", "validation")):
+        acc_ax.plot(lrs, [r[f"{split}_accuracy"] for r in rows], ".-", ms=3, label=label)
+        loss_ax.plot(lrs, [r[f"{split}_loss"] for r in rows], ".-", ms=3, label=label)
+    acc_ax.plot(lrs, s["smoothed_val_accuracy"], "k-", lw=1.5, label="validation, smoothed")
+    loss_ax.set_yscale("log")  # the last points of a sweep explode
+    for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
+        for key, color in (("eta_min", "tab:green"), ("eta_max", "tab:red")):
+            ax.axvline(s[key], color=color, ls="--", label=f"{key} = {s[key]:.3g}")
+        if log_x:
+            ax.set_xscale("log")
+        ax.set(xlabel="learning rate", ylabel=metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("LR range test")
+    _save(fig, path)
+    plt.close(fig)

@@ -11,11 +11,14 @@ def make_rngs(seed: int, init_seed: int | None = None) -> dict[str, np.random.Ge
     `init_seed`, when given, replaces the initialisation stream alone: search trials share the
     data split and mini-batch order (common random numbers) and differ in their initialisation.
     """
-    init, shuffle, split = np.random.SeedSequence(seed).spawn(3)
+    # Children are keyed by position: streams added at the end never change the earlier ones.
+    init, shuffle, split, dropout, augment = np.random.SeedSequence(seed).spawn(5)
     if init_seed is not None:
         init = np.random.SeedSequence(init_seed)
     return {
         "init": np.random.default_rng(init),
         "shuffle": np.random.default_rng(shuffle),
         "split": np.random.default_rng(split),
+        "dropout": np.random.default_rng(dropout),
+        "augment": np.random.default_rng(augment),
     }

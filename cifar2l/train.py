@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import console, data, network, optim, plots, runs
+from . import augment, console, data, network, optim, plots, runs
 from .data import Split
 from .errors import ConfigError, DivergedError, RunError
 from .evaluate import save_weights
@@ -46,20 +46,43 @@ def metrics_row(params, t: int, epoch: float, lr: float, train: Split, val: Spli
     return row
 
 
+def make_step(params: dict, cfg, rngs: dict) -> Callable:
+    """One update on a gathered batch: augment, gradients (with dropout), optimizer step.
+
+    The returned `step(xb, yb, lr) -> loss` owns the momentum buffers. Raises DivergedError on a
+    non-finite loss.
+    """
+    o, noise = cfg.optim, cfg.augment.noise
+    velocity = optim.init_velocity(params) if o.momentum > 0 else None
+
+    def step(xb, yb, lr: float, t: int) -> float:
+        if noise.fraction > 0:
+            augment.add_noise(xb, noise.fraction, noise.std, rngs["augment"])
+        loss, _, grads = network.loss_and_grads(params, xb, yb, o.lambda_, cfg.model.dropout,
+                                                rngs["dropout"])  # fmt: skip
+        if not math.isfinite(loss):
+            raise DivergedError(f"training diverged at step {t} (lr={lr:.6g})")
+        optim.update(params, grads, lr, velocity, o.momentum, o.nesterov)
+        return loss
+
+    return step
+
+
 def train(
     params: dict,
     train_split: Split,
     val_split: Split,
     cfg,
-    rng: np.random.Generator,
+    rngs: dict[str, np.random.Generator],
     on_row: Callable[[dict, float], None] | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """Train `params` in place; return the metric rows. `rng` draws the epoch shuffles."""
+    """Train `params` in place; return the metric rows. `rngs` as from make_rngs."""
     eta = make_schedule(cfg.schedule)
     total = total_steps(cfg.schedule)
     lam = cfg.optim.lambda_
     batch = cfg.train.batch_size
+    step = make_step(params, cfg, rngs)
     per_epoch = steps_per_epoch(len(train_split.y), batch)
     log_at = set(log_points(total, cfg.train.log_every or default_log_every(cfg.schedule)))
     x, y = train_split.x, train_split.y
@@ -75,13 +98,10 @@ def train(
         if t == total:
             break
         if i == 0:
-            order = epoch_order(len(y), cfg.train.shuffle, rng)
+            order = epoch_order(len(y), cfg.train.shuffle, rngs["shuffle"])
         idx = order[i * batch : (i + 1) * batch]
         xp.take(x, idx, axis=0, out=xb)
-        loss, _, grads = network.loss_and_grads(params, xb, y[idx], lam)
-        if not math.isfinite(loss):
-            raise DivergedError(f"training diverged at step {t} (lr={eta(t):.6g})")
-        optim.sgd_update(params, grads, eta(t))
+        step(xb, y[idx], eta(t), t)
         if on_step:
             on_step(1)
     return rows
@@ -138,7 +158,7 @@ def train_run(run, cfg, prep, config_text: str) -> dict:
 
     try:
         with console.progress_bar("train", total=total) as advance:
-            rows = train(params, prep.train, prep.val, cfg, rngs["shuffle"], on_row, advance)
+            rows = train(params, prep.train, prep.val, cfg, rngs, on_row, advance)
     finally:  # a diverged run keeps the metrics up to where it stopped
         if timing:
             runs.write_csv(run.path / "timing.csv", TIMING_COLUMNS, timing)

@@ -271,8 +271,8 @@ def test_make_rngs_init_seed_replaces_only_the_init_stream():
         return {k: rng.random(5).tolist() for k, rng in rngs.items()}
 
     plain, a, a2, b = (draws(make_rngs(42, s)) for s in (None, 123, 123, 124))
-    assert set(plain) == {"init", "shuffle", "split"}
-    for name in ("shuffle", "split"):
+    assert set(plain) == {"init", "shuffle", "split", "dropout", "augment"}
+    for name in ("shuffle", "split", "dropout", "augment"):
         assert plain[name] == a[name] == b[name]
     assert a["init"] != plain["init"] and a["init"] != b["init"]
     assert a == a2

@@ -1,0 +1,138 @@
+"""The learning-rate range test (Smith 2015): train while the rate rises, read off eta bounds.
+
+The suggestion rule, on the validation accuracy smoothed by a centred moving average of
+`lrrange.smooth` evaluation points: with `base` the smoothed accuracy at the first point and
+`rise` the climb from there to its maximum,
+- eta_min is the rate at the first point where the curve has climbed 10% of `rise`
+  (the start of the rise);
+- eta_max is the rate at the maximum of the smoothed curve: the end of the rise, where it has
+  flattened, and the last rate before it turns ragged and falls (Smith's "starts to fall").
+  A sweep is cumulative training, so the curve still creeps up while it flattens; a threshold
+  such as 90% of the rise lands a decade lower, before the flat top.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from . import console, data, network, plots, runs
+from .errors import DivergedError, RunError
+from .rngs import make_rngs
+from .train import check_batch_size, epoch_order, make_step, steps_per_epoch
+
+COLUMNS = ["step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
+RISE_START = 0.1
+
+
+def lr_at(t: int, total: int, lr_min: float, lr_max: float, mode: str) -> float:
+    """Rate at step t of `total`: linear or geometric from lr_min (t = 0) to lr_max (last step)."""
+    frac = t / max(1, total - 1)
+    if mode == "linear":
+        return lr_min + frac * (lr_max - lr_min)
+    return lr_min * (lr_max / lr_min) ** frac
+
+
+def sweep_steps(rc, per_epoch: int) -> int:
+    return rc.steps if rc.steps is not None else rc.epochs * per_epoch
+
+
+def evaluate_row(params, t: int, lr: float, train_sub, val, lam: float) -> dict:
+    tr = network.evaluate(params, train_sub.x, train_sub.y, lam)
+    va = network.evaluate(params, val.x, val.y, lam)
+    return {"step": t, "lr": lr, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+            "val_loss": va["loss"], "val_accuracy": va["accuracy"]}  # fmt: skip
+
+
+def sweep(params, prep, cfg, rngs, on_row=None, on_step=None) -> tuple[list[dict], str]:
+    """Train under the rising rate; return the evaluated rows and why the sweep ended."""
+    rc, batch = cfg.lrrange, cfg.train.batch_size
+    x, y = prep.train.x, prep.train.y
+    per_epoch = steps_per_epoch(len(y), batch)
+    total = sweep_steps(rc, per_epoch)
+    train_sub = data.Split(x[: rc.train_eval_rows], y[: rc.train_eval_rows])
+    step = make_step(params, cfg, rngs)
+    xb = np.empty((batch, x.shape[1]), dtype=x.dtype)
+    rows, lowest = [], math.inf
+    for t in range(total):
+        lr = lr_at(t, total, rc.lr_min, rc.lr_max, rc.mode)
+        epoch, i = divmod(t, per_epoch)
+        if i == 0:
+            order = epoch_order(len(y), cfg.train.shuffle, rngs["shuffle"])
+        idx = order[i * batch : (i + 1) * batch]
+        np.take(x, idx, axis=0, out=xb)
+        try:
+            step(xb, y[idx], lr, t)
+        except DivergedError:
+            return rows, f"non-finite loss at step {t} (lr={lr:.4g})"
+        if (t + 1) % rc.eval_every == 0 or t == total - 1:
+            rows.append(evaluate_row(params, t + 1, lr, train_sub, prep.val, cfg.optim.lambda_))
+            if on_row:
+                on_row(rows[-1])
+            loss = rows[-1]["train_loss"]
+            lowest = min(lowest, loss)
+            if not math.isfinite(loss) or loss > rc.stop_factor * lowest:
+                return rows, f"train loss {loss:.4g} > {rc.stop_factor:g} x its minimum"
+        if on_step:
+            on_step(1)
+    return rows, "reached lr_max"
+
+
+def smooth(values: list[float], window: int) -> np.ndarray:
+    """Centred moving average; the window shrinks at the ends."""
+    v = np.asarray(values, dtype=np.float64)
+    half = window // 2
+    return np.array([v[max(0, i - half) : i + half + 1].mean() for i in range(len(v))])
+
+
+def suggest(rows: list[dict], window: int) -> dict:
+    """eta_min / eta_max by the module's documented rule; raises RunError without a rise."""
+    if len(rows) < 3:
+        raise RunError(f"LR range test stopped after {len(rows)} evaluation(s): too few to read")
+    acc = smooth([r["val_accuracy"] for r in rows], window)
+    peak = int(acc.argmax())
+    base, rise = acc[0], acc[peak] - acc[0]
+    if rise <= 0:
+        raise RunError("validation accuracy never rose: widen lrrange.lr_min..lr_max")
+    i_min = int(np.argmax(acc >= base + RISE_START * rise))
+    return {"eta_min": rows[i_min]["lr"], "eta_max": rows[peak]["lr"],
+            "peak_val_accuracy": float(acc[peak]), "smoothed_val_accuracy": acc.tolist()}
+
+
+def suggestion_yaml(s: dict, run_dir, source: str) -> str:
+    return (f"# Suggested by the LR range test in {run_dir} ({source}).\n"
+            f"# Use it with `extends: [your-config.yaml, {run_dir}/suggestion.yaml]`.\n"
+            f"schedule:\n  eta_min: {s['eta_min']!r}\n  eta_max: {s['eta_max']!r}\n")  # fmt: skip
+
+
+def run_lrrange(cfg, config_text: str, source: str, out, name: str) -> dict:
+    """The `lrrange` command."""
+    started = time.perf_counter()
+    rngs = make_rngs(cfg.seed, cfg.init_seed)
+    prep = data.prepare(cfg.data, cfg.dtype, rngs["split"])
+    check_batch_size(cfg, prep, source)
+    with runs.open_run(out, "lrrange", name, cfg, config_text, started) as run:
+        params = network.init_params(prep.train.x.shape[1], cfg.model.hidden, len(prep.classes),
+                                     rngs["init"], cfg.dtype)  # fmt: skip
+        total = sweep_steps(cfg.lrrange, steps_per_epoch(len(prep.train.y),
+                                                         cfg.train.batch_size))  # fmt: skip
+        console.log(f"run dir: {run.path}  {total} steps, lr {cfg.lrrange.lr_min:g} -> "
+                    f"{cfg.lrrange.lr_max:g} ({cfg.lrrange.mode})")  # fmt: skip
+        with console.progress_bar("lrrange", total=total) as advance:
+            rows, ended = sweep(params, prep, cfg, rngs, on_step=advance)
+        runs.write_csv(run.path / "lrrange.csv", COLUMNS, rows)
+        s = suggest(rows, cfg.lrrange.smooth)
+        runs.atomic_write(run.path / "suggestion.yaml", suggestion_yaml(s, run.path, source))
+        plots.lrrange(rows, s, cfg.lrrange.mode == "exponential", run.path / "lrrange.png")
+        run.summary.update(suggestion={"eta_min": s["eta_min"], "eta_max": s["eta_max"]},
+                           peak_val_accuracy=s["peak_val_accuracy"], ended=ended,
+                           steps=rows[-1]["step"] if rows else 0,
+                           rule="eta_min: 10% of the smoothed validation-accuracy rise; "
+                                "eta_max: its maximum")  # fmt: skip
+    console.table("LR range test suggestion", ["eta_min", "eta_max", "peak val_accuracy",
+                                               "ended"],
+                  [[s["eta_min"], s["eta_max"], s["peak_val_accuracy"], ended]])  # fmt: skip
+    console.log(f"suggestion: {run.path / 'suggestion.yaml'}")
+    return run.summary
