@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RUNS   ?= runs
 
-.PHONY: setup train test table1 table2 table3 final lint clean
+.PHONY: setup train test table1 table2 table3 final lrrange bonus table4 lint clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,15 @@ table3: $(STAMP)
 
 final: $(STAMP)
 	$(BIN)/python -m cifar2l.tables final --out $(RUNS)
+
+lrrange: $(STAMP)
+	$(BIN)/python -m cifar2l.tables lrrange --out $(RUNS)
+
+bonus: $(STAMP)
+	$(BIN)/python -m cifar2l.tables bonus --out $(RUNS)
+
+table4: $(STAMP)
+	$(BIN)/python -m cifar2l.tables table4 --out $(RUNS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check cifar2l tests

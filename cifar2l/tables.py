@@ -4,7 +4,7 @@ print our numbers beside the study's.
 Each run is an ordinary `cifar2l` process, so its run directory (command.txt included) is exactly
 what the user would get by typing the command.
 
-Usage: python -m cifar2l.tables {table2|table3|final} [--out RUNS_ROOT] [--jobs N]
+Usage: python -m cifar2l.tables {table2|table3|final|lrrange|bonus|table4} [--out DIR] [--jobs N]
 """
 
 from __future__ import annotations
@@ -32,6 +32,16 @@ TABLE3 = {
              (0.00832039, 0.5318)],
 }  # fmt: skip
 FINAL = {"lambda": 0.00878554, "train": 0.6139, "val": 0.5384, "test": 0.5221}
+# The study's LR range picks, bonus models and Table 4.
+LRRANGE = {"lrrange-80": (0.000262144, 0.067108864), "lrrange-40": (0.004782, 0.12914)}
+BONUS = {
+    "model-80": {"train": 0.6359, "val": 0.5286, "test": 0.5206},
+    "model-40": {"train": 0.5995, "val": 0.523, "test": 0.5069},
+}
+TABLE4 = {
+    "table4-120": {"train": 0.7083, "val": 0.5564, "test": 0.5534},
+    "table4-140": {"train": 0.7229, "val": 0.5700, "test": 0.5567},
+}
 
 
 def cifar2l(*args: str) -> dict:
@@ -83,25 +93,51 @@ def table3(out: Path, jobs: int) -> None:
         console.log(f"fine range: {fine['refined_from']['ranges']}")
 
 
-def final(out: Path, jobs: int) -> None:
+def accuracy_table(title: str, studies: dict, out: Path) -> None:
+    """Train each config of `studies` ({stem: study accuracies or None}) and compare."""
     rows = []
-    for stem in ("final", "final-3cycles"):
+    for stem, study in studies.items():
         summary = cifar2l("train", str(CONFIGS / f"{stem}.yaml"), "--out", str(out))
         for split in ("train", "val", "test"):
             ours = summary["accuracy"][split]
-            study = FINAL[split] if stem == "final" else None
-            rows.append([stem, split, ours, study if study is not None else "",
-                         "" if study is None else ours - study])  # fmt: skip
+            ref = study[split] if study else None
+            rows.append([stem, split, ours, "" if ref is None else ref,
+                         "" if ref is None else ours - ref])  # fmt: skip
         console.log(f"{stem}: {summary['run_dir']} ({summary['seconds']:.1f} s)")
-    console.table(f"the tuned network, ours vs the study (study lambda {FINAL['lambda']})",
-                  ["config", "split", "ours", "study", "difference"], rows)  # fmt: skip
+    console.table(title, ["config", "split", "ours", "study", "difference"], rows)
+
+
+def final(out: Path, jobs: int) -> None:
+    accuracy_table(f"the tuned network, ours vs the study (study lambda {FINAL['lambda']})",
+                   {"final": FINAL, "final-3cycles": None}, out)  # fmt: skip
+
+
+def bonus(out: Path, jobs: int) -> None:
+    accuracy_table("bonus models trained with the LR-range picks, ours vs the study", BONUS, out)
+
+
+def table4(out: Path, jobs: int) -> None:
+    accuracy_table("Table 4: improvements combined, ours vs the study", TABLE4, out)
+
+
+def lrrange(out: Path, jobs: int) -> None:
+    rows = []
+    for stem, (lo, hi) in LRRANGE.items():
+        summary = cifar2l("lrrange", str(CONFIGS / f"{stem}.yaml"), "--out", str(out))
+        ours = summary["suggestion"]
+        rows.append([stem, ours["eta_min"], lo, ours["eta_max"], hi, summary["run_dir"]])
+    console.table("LR range test: suggested eta_min / eta_max, ours vs the study's picks",
+                  ["config", "eta_min (ours)", "eta_min (study)", "eta_max (ours)",
+                   "eta_max (study)", "run dir (lrrange.png)"], rows)  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
     target = argv[0] if argv else "table2"
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path("runs")
     jobs = int(argv[argv.index("--jobs") + 1]) if "--jobs" in argv else (os.cpu_count() or 1)
-    {"table2": table2, "table3": table3, "final": final}[target](out, jobs)
+    targets = {"table2": table2, "table3": table3, "final": final, "lrrange": lrrange,
+               "bonus": bonus, "table4": table4}  # fmt: skip
+    targets[target](out, jobs)
     return 0
 
 
