@@ -212,6 +212,8 @@ class LRRangeConfig(_Section):
 
     @model_validator(mode="after")
     def _ordered(self):
+        if self.smooth % 2 == 0:
+            raise ValueError(f"smooth ({self.smooth}) must be odd: the window is centred")
         if self.lr_min >= self.lr_max:
             raise ValueError(f"lr_min ({self.lr_min}) must be below lr_max ({self.lr_max})")
         return self

@@ -38,7 +38,7 @@ def compare(params, x, y, lam: float, h: float, coords=None, mask=None) -> dict[
     _, _, grads = network.loss_and_grads(params, x, y, lam, mask=mask)
 
     def cost():
-        return network.loss_and_grads(params, x, y, lam, mask=mask)[1]
+        return network.cost(params, x, y, lam, mask)
 
     out = {}
     for key in PARAM_KEYS:

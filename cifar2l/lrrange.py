@@ -72,8 +72,10 @@ def sweep(params, prep, cfg, rngs, on_row=None, on_step=None) -> tuple[list[dict
             if on_row:
                 on_row(rows[-1])
             loss = rows[-1]["train_loss"]
+            if not math.isfinite(loss):
+                return rows, f"non-finite train loss at step {t + 1} (lr={lr:.4g})"
             lowest = min(lowest, loss)
-            if not math.isfinite(loss) or loss > rc.stop_factor * lowest:
+            if loss > rc.stop_factor * lowest:
                 return rows, f"train loss {loss:.4g} > {rc.stop_factor:g} x its minimum"
         if on_step:
             on_step(1)
@@ -120,15 +122,16 @@ def run_lrrange(cfg, config_text: str, source: str, out, name: str) -> dict:
                                                          cfg.train.batch_size))  # fmt: skip
         console.log(f"run dir: {run.path}  {total} steps, lr {cfg.lrrange.lr_min:g} -> "
                     f"{cfg.lrrange.lr_max:g} ({cfg.lrrange.mode})")  # fmt: skip
-        with console.progress_bar("lrrange", total=total) as advance:
+        # The sweep is meant to end in overflow: numpy's warnings about it are noise here.
+        with console.progress_bar("lrrange", total=total) as advance, np.errstate(all="ignore"):
             rows, ended = sweep(params, prep, cfg, rngs, on_step=advance)
         runs.write_csv(run.path / "lrrange.csv", COLUMNS, rows)
+        run.summary.update(ended=ended, steps=rows[-1]["step"] if rows else 0)
         s = suggest(rows, cfg.lrrange.smooth)
         runs.atomic_write(run.path / "suggestion.yaml", suggestion_yaml(s, run.path, source))
         plots.lrrange(rows, s, cfg.lrrange.mode == "exponential", run.path / "lrrange.png")
         run.summary.update(suggestion={"eta_min": s["eta_min"], "eta_max": s["eta_max"]},
-                           peak_val_accuracy=s["peak_val_accuracy"], ended=ended,
-                           steps=rows[-1]["step"] if rows else 0,
+                           peak_val_accuracy=s["peak_val_accuracy"],
                            rule="eta_min: 10% of the smoothed validation-accuracy rise; "
                                 "eta_max: its maximum")  # fmt: skip
     console.table("LR range test suggestion", ["eta_min", "eta_max", "peak val_accuracy",

@@ -130,6 +130,16 @@ def loss_and_grads(params, x, y, lam: float, dropout: float = 0.0, rng=None, mas
     return loss, loss + l2_penalty(params, lam), grads
 
 
+def cost(params, x, y, lam: float, mask=None) -> float:
+    """J = mean cross-entropy + L2 penalty by a forward pass only (what the gradient check
+    differentiates numerically); `mask` applies a fixed dropout mask to the hidden layer."""
+    h, _ = relu_forward(x @ params["W1"] + params["b1"])
+    hd, _ = dropout_forward(h, 0.0, mask=mask)
+    scores = hd @ params["W2"] + params["b2"]
+    loss, _ = softmax_cross_entropy(scores, y)
+    return float(loss) + l2_penalty(params, lam)
+
+
 def evaluate(params, x, y, lam: float, chunk: int = 10000) -> dict:
     """Loss, cost and accuracy on a whole split, one forward pass in chunks of rows."""
     xp = array_module(x)

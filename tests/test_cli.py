@@ -331,8 +331,8 @@ def test_gradcheck_passes(out, data_set):
     rows = read_csv(run_dir / "gradcheck.csv")
     assert list(rows[0]) == ["problem", "lambda", "param", "coords", "mean_abs_diff",
                              "max_abs_diff", "max_rel_error"]  # fmt: skip
-    assert len(rows) == 2 * 2 * 4  # problems x lambdas x params
-    assert {r["problem"] for r in rows} == {"reduced", "full_size"}
+    assert len(rows) == 3 * 2 * 4  # problems x lambdas x params
+    assert {r["problem"] for r in rows} == {"reduced", "reduced_dropout", "full_size"}
     assert {float(r["lambda"]) for r in rows} == {0.0, 0.01}
     reduced_w1 = [r for r in rows if r["problem"] == "reduced" and r["param"] == "W1"]
     assert all(int(r["coords"]) == 20 * 50 for r in reduced_w1)
