@@ -54,7 +54,8 @@ def sweep(params, prep, cfg, rngs, on_row=None, on_step=None) -> tuple[list[dict
     total = sweep_steps(rc, per_epoch)
     train_sub = data.Split(x[: rc.train_eval_rows], y[: rc.train_eval_rows])
     step = make_step(params, cfg, rngs)
-    xb = np.empty((batch, x.shape[1]), dtype=x.dtype)
+    xp = network.array_module(x)
+    xb = xp.empty((batch, x.shape[1]), dtype=x.dtype)
     rows, lowest = [], math.inf
     for t in range(total):
         lr = lr_at(t, total, rc.lr_min, rc.lr_max, rc.mode)
@@ -62,7 +63,7 @@ def sweep(params, prep, cfg, rngs, on_row=None, on_step=None) -> tuple[list[dict
         if i == 0:
             order = epoch_order(len(y), cfg.train.shuffle, rngs["shuffle"])
         idx = order[i * batch : (i + 1) * batch]
-        np.take(x, idx, axis=0, out=xb)
+        xp.take(x, idx, axis=0, out=xb)
         try:
             step(xb, y[idx], lr, t)
         except DivergedError:

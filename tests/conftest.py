@@ -96,3 +96,18 @@ def png_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def invoke(*args):
+    """Run the CLI in-process with stringified arguments."""
+    from typer.testing import CliRunner
+
+    from cifar2l.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def ok(*args):
+    result = invoke(*args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result

@@ -11,15 +11,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from cifar2l import data, lrrange, network
-from cifar2l.cli import app
 from cifar2l.config import load_config
 from cifar2l.errors import RunError
 from cifar2l.rngs import make_rngs
 
-from .conftest import ROOT, write_official_dir
+from .conftest import ROOT, invoke, ok, write_official_dir
 
 LRRANGE_80 = ROOT / "configs" / "lrrange-80.yaml"
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -30,16 +28,6 @@ FULL_STEPS = 2 * PER_EPOCH  # lrrange.epochs: 2
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
 
 
 def write_config(path: Path, src: Path, *, stop_factor: float | None = None) -> Path:

@@ -9,17 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from cifar2l import augment, data, gradcheck, network, optim, search
 from cifar2l import train as train_mod
-from cifar2l.cli import app
 from cifar2l.config import Config, load_config
 from cifar2l.errors import ConfigError, DivergedError
 from cifar2l.network import PARAM_KEYS
 from cifar2l.rngs import make_rngs
 
-from .conftest import ROOT
+from .conftest import ROOT, invoke, ok
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 GRADCHECK = ROOT / "configs" / "gradcheck.yaml"
@@ -30,16 +28,6 @@ OFF = ["--set", "model.dropout=0.0", "--set", "optim.momentum=0.0",
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
 
 
 def run_dirs(out: Path) -> list[Path]:

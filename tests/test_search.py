@@ -17,15 +17,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from cifar2l import search
-from cifar2l.cli import app
 from cifar2l.config import Distribution, dump_yaml, load_config
 from cifar2l.errors import ConfigError, RunError
 from cifar2l.rngs import make_rngs
 
-from .conftest import ROOT, write_official_dir
+from .conftest import ROOT, invoke, ok, write_official_dir
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 KEYS = ["optim.lambda", "model.hidden"]  # the order of the space in the test configs
@@ -51,16 +49,6 @@ def write_config(path: Path, src: Path, *, trials: int = TRIALS, seed: int = 0,
         f"search:\n  trials: {trials}\n  seed: {seed}\n{search_extra}  space:\n{space_lines}"
     )
     return path
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
 
 
 def usage_error(result, *fragments: str, code: int = 2) -> str:
