@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RUNS   ?= runs
 
-.PHONY: setup train test table1 table2 table3 final lrrange bonus table4 lint clean
+.PHONY: setup train test table1 table2 table3 final lrrange bonus table4 bench lint clean
 
 setup: $(STAMP)
 
@@ -43,8 +43,11 @@ bonus: $(STAMP)
 table4: $(STAMP)
 	$(BIN)/python -m cifar2l.tables table4 --out $(RUNS)
 
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check cifar2l tests
+	$(BIN)/ruff check cifar2l tests benchmarks
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -21,7 +21,7 @@ import numpy as np
 from . import console, data, network, plots, runs
 from .errors import DivergedError, RunError
 from .rngs import make_rngs
-from .train import check_batch_size, epoch_order, make_step, steps_per_epoch
+from .train import check_batch_size, epoch_order, gather, make_step, steps_per_epoch
 
 COLUMNS = ["step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
 RISE_START = 0.1
@@ -63,7 +63,7 @@ def sweep(params, prep, cfg, rngs, on_row=None, on_step=None) -> tuple[list[dict
         if i == 0:
             order = epoch_order(len(y), cfg.train.shuffle, rngs["shuffle"])
         idx = order[i * batch : (i + 1) * batch]
-        xp.take(x, idx, axis=0, out=xb)
+        gather(x, idx, xb)
         try:
             step(xb, y[idx], lr, t)
         except DivergedError:

@@ -23,7 +23,7 @@ def _save(fig, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, dpi=120)  # figures use layout="constrained": no second tight pass
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -33,7 +33,7 @@ def _save(fig, path: Path) -> None:
 def curve(rows: list[dict], metric: str, path: Path, title: str) -> None:
     """`train_<metric>` and `val_<metric>` against the update step, like the study's figures."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     steps = [r["step"] for r in rows]
     for split, label in (("train", "training"), ("val", "validation")):
         ax.plot(steps, [r[f"{split}_{metric}"] for r in rows], marker=".", label=label)
@@ -47,7 +47,7 @@ def curve(rows: list[dict], metric: str, path: Path, title: str) -> None:
 def learning_rate(lr_fn, total: int, path: Path) -> None:
     plt = _pyplot()
     steps = np.arange(total + 1)
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = plt.subplots(figsize=(6, 3), layout="constrained")
     ax.plot(steps, [lr_fn(int(t)) for t in steps])
     ax.set(xlabel="update step", ylabel="learning rate", title="learning-rate schedule")
     ax.grid(alpha=0.3)
@@ -64,7 +64,7 @@ def training_plots(rows: list[dict], lr_fn, total: int, run_dir: Path) -> None:
 def confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> None:
     """Rows: true class, columns: predicted class, counts in the cells."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
     im = ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
@@ -82,7 +82,8 @@ def search_scatter(rows: list[dict], search: dict, path: Path) -> None:
     """Validation accuracy against each searched value (log axis for log-uniform keys)."""
     plt = _pyplot()
     keys = list(search["space"])
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False,
+                             layout="constrained")
     metric = search["metric"]
     for ax, key in zip(axes[0], keys, strict=True):
         xs = [r["params"][key] for r in rows]
@@ -102,7 +103,7 @@ def lrrange(rows: list[dict], s: dict, log_x: bool, path: Path) -> None:
     """Accuracy and loss against the learning rate, with the suggested eta_min / eta_max."""
     plt = _pyplot()
     lrs = [r["lr"] for r in rows]
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for split, label in (("train", "training (subset)"), ("val", "validation")):
         acc_ax.plot(lrs, [r[f"{split}_accuracy"] for r in rows], ".-", ms=3, label=label)
         loss_ax.plot(lrs, [r[f"{split}_loss"] for r in rows], ".-", ms=3, label=label)

@@ -160,4 +160,24 @@ def start_run(path: Path, command: str, cfg, config_text: str, started=None):
         raise
     run.summary["status"] = "completed"
     run.summary["seconds"] = round(time.perf_counter() - start, 3)
+    if "timing" in run.summary:
+        run.summary["timing"]["total"] = run.summary["seconds"]
     run.save_summary()
+
+
+class Clock:
+    """Accumulates wall seconds under names: `with clock("eval"): ...`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.seconds.items()}

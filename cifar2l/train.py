@@ -38,6 +38,15 @@ def epoch_order(n: int, shuffle: bool, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(n) if shuffle else np.arange(n)
 
 
+def gather(x, idx, out):
+    """out[:] = x[idx] without allocating. NumPy needs mode="clip": with the default "raise"
+    it buffers `out` and runs 3x slower (the indices are valid by construction)."""
+    xp = network.array_module(x)
+    if xp is np:
+        return np.take(x, idx, axis=0, out=out, mode="clip")
+    return xp.take(x, idx, axis=0, out=out)
+
+
 def metrics_row(params, t: int, epoch: float, lr: float, train: Split, val: Split, lam: float):
     row = {"step": t, "epoch": epoch, "lr": lr}
     for name, split in (("train", train), ("val", val)):
@@ -76,8 +85,20 @@ def train(
     rngs: dict[str, np.random.Generator],
     on_row: Callable[[dict, float], None] | None = None,
     on_step: Callable[[int], None] | None = None,
+    clock: runs.Clock | None = None,
 ) -> list[dict]:
-    """Train `params` in place; return the metric rows. `rngs` as from make_rngs."""
+    """Train `params` in place; return the metric rows. `rngs` as from make_rngs.
+
+    `clock` receives "eval" (the metric rows) and "train" (the rest of the loop) seconds.
+    """
+    clock = clock or runs.Clock()
+    with clock("loop"):
+        rows = _train_loop(params, train_split, val_split, cfg, rngs, on_row, on_step, clock)
+    clock.seconds["train"] = clock.seconds.pop("loop") - clock.seconds.get("eval", 0.0)
+    return rows
+
+
+def _train_loop(params, train_split, val_split, cfg, rngs, on_row, on_step, clock) -> list[dict]:
     eta = make_schedule(cfg.schedule)
     total = total_steps(cfg.schedule)
     lam = cfg.optim.lambda_
@@ -92,7 +113,9 @@ def train(
     for t in range(total + 1):
         epoch, i = divmod(t, per_epoch)
         if t in log_at:
-            rows.append(metrics_row(params, t, t / per_epoch, eta(t), train_split, val_split, lam))
+            with clock("eval"):
+                rows.append(metrics_row(params, t, t / per_epoch, eta(t), train_split, val_split,
+                                        lam))  # fmt: skip
             if on_row:
                 on_row(rows[-1], time.perf_counter() - start)
         if t == total:
@@ -100,7 +123,7 @@ def train(
         if i == 0:
             order = epoch_order(len(y), cfg.train.shuffle, rngs["shuffle"])
         idx = order[i * batch : (i + 1) * batch]
-        xp.take(x, idx, axis=0, out=xb)
+        gather(x, idx, xb)
         step(xb, y[idx], eta(t), t)
         if on_step:
             on_step(1)
@@ -142,8 +165,13 @@ def check_batch_size(cfg, prep, source: str) -> None:
                           f"training split ({len(prep.train.y)} rows)")  # fmt: skip
 
 
-def train_run(run, cfg, prep, config_text: str) -> dict:
-    """Train into an open run directory: metrics, timing, weights, plots; return final metrics."""
+def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None) -> dict:
+    """Train into an open run directory: metrics, timing, weights, plots; return final metrics.
+
+    summary.json gets `timing`: seconds in the training loop without evaluation (`train`), in
+    metric evaluation (`eval`), in data loading and writing files (`io`), and `total`.
+    """
+    clock = clock or runs.Clock()
     rngs = make_rngs(cfg.seed, cfg.init_seed)
     total = total_steps(cfg.schedule)
     params = network.init_params(prep.train.x.shape[1], cfg.model.hidden, len(prep.classes),
@@ -158,15 +186,20 @@ def train_run(run, cfg, prep, config_text: str) -> dict:
 
     try:
         with console.progress_bar("train", total=total) as advance:
-            rows = train(params, prep.train, prep.val, cfg, rngs, on_row, advance)
+            rows = train(params, prep.train, prep.val, cfg, rngs, on_row, advance, clock)
     finally:  # a diverged run keeps the metrics up to where it stopped
         if timing:
             runs.write_csv(run.path / "timing.csv", TIMING_COLUMNS, timing)
-    runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, rows)
-    final = final_metrics(params, prep, cfg.optim.lambda_)
-    save_weights(run.path / "weights.npz", params, prep.mean, prep.std, prep.classes, config_text)
-    plots.training_plots(rows, make_schedule(cfg.schedule), total, run.path)
+    with clock("io"):
+        runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, rows)
+    with clock("eval"):
+        final = final_metrics(params, prep, cfg.optim.lambda_)
+    with clock("io"):
+        save_weights(run.path / "weights.npz", params, prep.mean, prep.std, prep.classes,
+                     config_text)  # fmt: skip
+        plots.training_plots(rows, make_schedule(cfg.schedule), total, run.path)
     run.summary.update(
+        timing={k: clock.rounded().get(k, 0.0) for k in ("train", "eval", "io")},
         steps=total,
         data={"source": prep.source, "format": prep.format, "sizes": split_sizes(prep)},
         best_val_accuracy=max(r["val_accuracy"] for r in rows),
@@ -182,14 +215,15 @@ def split_sizes(prep) -> dict:
 
 def run_train(cfg, config_text: str, config_path: str, out, name: str) -> dict:
     """The `train` command: prepare data, open a fresh run dir, train, print the final table."""
-    started = time.perf_counter()
-    prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
+    started, clock = time.perf_counter(), runs.Clock()
+    with clock("io"):
+        prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
     check_batch_size(cfg, prep, config_path)
     with runs.open_run(out, "train", name, cfg, config_text, started) as run:
         sizes = "/".join(str(v) for v in split_sizes(prep).values())
         console.log(f"run dir: {run.path}  data: {prep.source} ({prep.format}), "
                     f"train/val/test {sizes}")  # fmt: skip
-        final = train_run(run, cfg, prep, config_text)
+        final = train_run(run, cfg, prep, config_text, clock)
     console.table("final metrics", ["split", "loss", "cost", "accuracy"],
                   [[k, v["loss"], v["cost"], v["accuracy"]] for k, v in final.items()])
     return run.summary

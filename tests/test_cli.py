@@ -482,3 +482,14 @@ def test_python_dash_m_help():
     assert "Usage" in proc.stdout
     for command in ("train", "gradcheck", "evaluate"):
         assert command in proc.stdout
+
+
+def test_train_summary_reports_where_the_time_went(smoke_args):
+    result = CliRunner().invoke(app, ["train", *smoke_args, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    timing = summary["timing"]
+    assert set(timing) == {"train", "eval", "io", "total"}
+    assert all(v >= 0 for v in timing.values())
+    assert timing["total"] == summary["seconds"]
+    assert timing["train"] + timing["eval"] + timing["io"] <= timing["total"] + 0.01
