@@ -90,6 +90,8 @@ def _load(config: Path, overrides: list[str] | None, seed: int | None):
 @app.command()
 def train(
     config: ConfigArg,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help=(
+        "Train K initialisation seeds fused in one pass; report mean and std."))] = 1,
     set_: SetOpt = None,
     out: OutOpt = Path("runs"),
     name: NameOpt = None,
@@ -102,11 +104,15 @@ def train(
     Example:
 
         cifar2l train configs/default.yaml --set optim.lambda=0.005 --name lam005
+
+        cifar2l train configs/default.yaml --repeat 5
     """
-    from .train import run_train
+    from .train import run_repeat, run_train
 
     def work():
         cfg, text = _load(config, set_, seed)
+        if repeat > 1:
+            return run_repeat(cfg, text, str(config), out, name or config.stem, repeat)
         return run_train(cfg, text, str(config), out, name or config.stem)
 
     _execute(work, quiet, as_json)

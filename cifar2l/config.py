@@ -172,6 +172,14 @@ class SearchConfig(_Section):
     refine_from: str | None = None
     refine_top: int = Field(2, ge=1)
     top_k: int = Field(4, ge=1)
+    fuse: Literal["auto", "off"] = "auto"
+    fuse_max: int = Field(16, ge=1)
+
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        # YAML 1.1 reads a bare `off` as false (and `on` as true).
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("space")
     @classmethod

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from . import config as config_mod
-from . import console, data, plots, runs
-from .errors import ConfigError, RunError
+from . import console, data, fused, plots, runs
+from .errors import ConfigError, DivergedError, RunError
 from .rngs import make_rngs
-from .train import check_batch_size, train_run
+from .train import METRIC_COLUMNS, check_batch_size, finish_run, train_run
 
 PLAN = "search.json"
 FINISHED = ("completed", "failed", "diverged")
@@ -187,20 +187,91 @@ class DataCache:
 
 def run_trial(path: Path, trial: dict, base: dict, cache: DataCache) -> str | None:
     """Run one trial unless it is finished or held by another process; return its status."""
-    tdir = trial_dir(path, trial["index"])
     with claim(path, trial["index"]) as mine:
-        if not mine or trial_status(tdir) in FINISHED:
+        if not mine or trial_status(trial_dir(path, trial["index"])) in FINISHED:
             return None
-        shutil.rmtree(tdir, ignore_errors=True)  # leftovers of an interrupted attempt
-        tdir.mkdir(parents=True)
-        cfg = config_mod.validate(trial_raw(base, trial["params"], trial["init_seed"]), str(tdir))
-        text = config_mod.dump_yaml(cfg)
+        return run_claimed(path, trial, base, cache)
+
+
+def fresh_trial(path: Path, trial: dict, base: dict):
+    """An empty trial dir (leftovers of an interrupted attempt removed), its config and text."""
+    tdir = trial_dir(path, trial["index"])
+    shutil.rmtree(tdir, ignore_errors=True)
+    tdir.mkdir(parents=True)
+    cfg = config_mod.validate(trial_raw(base, trial["params"], trial["init_seed"]), str(tdir))
+    return tdir, cfg, config_mod.dump_yaml(cfg)
+
+
+def run_claimed(path: Path, trial: dict, base: dict, cache: DataCache) -> str | None:
+    tdir, cfg, text = fresh_trial(path, trial, base)
+    with contextlib.suppress(Exception), runs.start_run(tdir, "train", cfg, text) as run:
+        prep = cache.get(cfg)
+        check_batch_size(cfg, prep, f"trial {trial['index']}")
+        with console.quiet():
+            train_run(run, cfg, prep, text)
+    return trial_status(tdir)
+
+
+def fuse_key(base: dict, trial: dict) -> str:
+    """Trials with equal keys differ only in per-trial vectors and can train fused."""
+    raw = trial_raw(base, trial["params"], trial["init_seed"])
+    for key in fused.FUSABLE:
+        raw = config_mod.set_dotted(raw, key.split("."), None, key)
+    return json.dumps(raw, sort_keys=True, default=str)
+
+
+def fuse_groups(trials: list[dict], base: dict) -> list[list[dict]]:
+    """Trials grouped by fuse key, at most search.fuse_max each, in trial order."""
+    search = base["search"]
+    if search["fuse"] == "off":
+        return [[t] for t in trials]
+    by_key: dict[str, list[dict]] = {}
+    for t in trials:
+        by_key.setdefault(fuse_key(base, t), []).append(t)
+    size = search["fuse_max"]
+    groups = [g[i : i + size] for g in by_key.values() for i in range(0, len(g), size)]
+    return sorted(groups, key=lambda g: g[0]["index"])
+
+
+def run_group(path: Path, group: list[dict], base: dict, cache: DataCache) -> list[tuple]:
+    """Claim what is left of a group and train it, fused when more than one trial remains."""
+    with contextlib.ExitStack() as held:
+        todo = [t for t in group if held.enter_context(claim(path, t["index"]))
+                and trial_status(trial_dir(path, t["index"])) not in FINISHED]  # fmt: skip
+        if len(todo) == 1:
+            return [(todo[0], run_claimed(path, todo[0], base, cache))]
+        return run_fused(path, todo, base, cache) if todo else []
+
+
+def run_fused(path: Path, todo: list[dict], base: dict, cache: DataCache) -> list[tuple]:
+    """Train claimed trials as one wide network, then write each one's own run directory."""
+    made = [fresh_trial(path, t, base) for t in todo]
+    cfgs = [cfg for _, cfg, _ in made]
+    clock, error, prep = runs.Clock(), None, None
+    try:
+        prep = cache.get(cfgs[0])
+        check_batch_size(cfgs[0], prep, f"trial {todo[0]['index']}")
+        with clock("loop"):
+            plist, rows, diverged = fused.train_group(cfgs, prep, clock=clock)
+        clock.seconds["train"] = clock.seconds.pop("loop") - clock.seconds.get("eval", 0.0)
+    except Exception as e:  # recorded in every trial of the group below
+        error = e
+    out = []
+    for i, (trial, (tdir, cfg, text)) in enumerate(zip(todo, made, strict=True)):
+        share = runs.Clock()  # each trial is charged its share of the fused pass
+        share.seconds = {k: v / len(todo) for k, v in clock.seconds.items()}
         with contextlib.suppress(Exception), runs.start_run(tdir, "train", cfg, text) as run:
-            prep = cache.get(cfg)
-            check_batch_size(cfg, prep, f"trial {trial['index']}")
+            run.summary["fused_with"] = [t["index"] for t in todo]
+            if error is not None:
+                raise error
+            if i in diverged:
+                runs.write_csv(tdir / "metrics.csv", METRIC_COLUMNS, rows[i])
+                raise DivergedError(f"training diverged at step {diverged[i][0]} "
+                                    f"(lr={diverged[i][1]:.6g})")  # fmt: skip
             with console.quiet():
-                train_run(run, cfg, prep, text)
-        return trial_status(tdir)
+                finish_run(run, cfg, prep, plist[i], rows[i], text, share)
+        out.append((trial, trial_status(tdir)))
+    return out
 
 
 def shard_trials(trials: list[dict], shard: tuple[int, int]) -> list[dict]:
@@ -214,12 +285,12 @@ def run_shard(path: Path, shard: tuple[int, int]) -> int:
     mine = shard_trials(plan["trials"], shard)
     cache, ran = DataCache(), 0
     with console.progress_bar("trials", total=len(mine)) as advance:
-        for trial in mine:
-            status = run_trial(path, trial, plan["config"], cache)
-            if status is not None:
-                ran += 1
-                console.log(trial_line(path, trial, status))
-            advance(1)
+        for group in fuse_groups(mine, plan["config"]):
+            for trial, status in run_group(path, group, plan["config"], cache):
+                if status is not None:
+                    ran += 1
+                    console.log(trial_line(path, trial, status))
+            advance(len(group))
     return ran
 
 

@@ -100,34 +100,43 @@ def train(
 
 def _train_loop(params, train_split, val_split, cfg, rngs, on_row, on_step, clock) -> list[dict]:
     eta = make_schedule(cfg.schedule)
-    total = total_steps(cfg.schedule)
     lam = cfg.optim.lambda_
-    batch = cfg.train.batch_size
     step = make_step(params, cfg, rngs)
-    per_epoch = steps_per_epoch(len(train_split.y), batch)
-    log_at = set(log_points(total, cfg.train.log_every or default_log_every(cfg.schedule)))
-    x, y = train_split.x, train_split.y
-    xp = network.array_module(x)
-    xb = xp.empty((batch, x.shape[1]), dtype=x.dtype)  # reused gather buffer
     rows, start = [], time.perf_counter()
+
+    def measure(t: int, epoch: float) -> None:
+        rows.append(metrics_row(params, t, epoch, eta(t), train_split, val_split, lam))
+        if on_row:
+            on_row(rows[-1], time.perf_counter() - start)
+
+    run_loop(train_split, cfg, rngs, lambda xb, yb, t: step(xb, yb, eta(t), t), measure,
+             on_step, clock)  # fmt: skip
+    return rows
+
+
+def run_loop(train_split: Split, cfg, rngs, step, measure, on_step=None, clock=None) -> None:
+    """The update counter, epoch shuffles and batch gathers; `step(xb, yb, t)` updates,
+    `measure(t, epoch)` takes the metric rows (timed as "eval" on `clock`)."""
+    clock = clock or runs.Clock()
+    total, batch = total_steps(cfg.schedule), cfg.train.batch_size
+    x, y = train_split.x, train_split.y
+    per_epoch = steps_per_epoch(len(y), batch)
+    log_at = set(log_points(total, cfg.train.log_every or default_log_every(cfg.schedule)))
+    xb = network.array_module(x).empty((batch, x.shape[1]), dtype=x.dtype)  # reused buffer
     for t in range(total + 1):
         epoch, i = divmod(t, per_epoch)
         if t in log_at:
             with clock("eval"):
-                rows.append(metrics_row(params, t, t / per_epoch, eta(t), train_split, val_split,
-                                        lam))  # fmt: skip
-            if on_row:
-                on_row(rows[-1], time.perf_counter() - start)
+                measure(t, t / per_epoch)
         if t == total:
             break
         if i == 0:
             order = epoch_order(len(y), cfg.train.shuffle, rngs["shuffle"])
         idx = order[i * batch : (i + 1) * batch]
         gather(x, idx, xb)
-        step(xb, y[idx], eta(t), t)
+        step(xb, y[idx], t)
         if on_step:
             on_step(1)
-    return rows
 
 
 # ---------------------------------------------------------------- the `train` command
@@ -190,6 +199,12 @@ def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None)
     finally:  # a diverged run keeps the metrics up to where it stopped
         if timing:
             runs.write_csv(run.path / "timing.csv", TIMING_COLUMNS, timing)
+    return finish_run(run, cfg, prep, params, rows, config_text, clock)
+
+
+def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock) -> dict:
+    """Write a trained run's metrics, weights, plots and summary; return the final metrics."""
+    total = total_steps(cfg.schedule)
     with clock("io"):
         runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, rows)
     with clock("eval"):
@@ -227,3 +242,57 @@ def run_train(cfg, config_text: str, config_path: str, out, name: str) -> dict:
     console.table("final metrics", ["split", "loss", "cost", "accuracy"],
                   [[k, v["loss"], v["cost"], v["accuracy"]] for k, v in final.items()])
     return run.summary
+
+
+def run_repeat(cfg, config_text: str, config_path: str, out, name: str, repeat: int) -> dict:
+    """`train --repeat K`: K initialisation seeds of one config trained fused in one pass.
+
+    Each repeat is an ordinary run directory under `repeats/<k>/`; the top summary reports the
+    mean accuracies (`accuracy`), their standard deviations (`accuracy_std`) and every value.
+    """
+    from . import config as config_mod
+    from . import fused
+    from .search import init_seeds
+
+    started, clock = time.perf_counter(), runs.Clock()
+    with clock("io"):
+        prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
+    check_batch_size(cfg, prep, config_path)
+    seeds = init_seeds(cfg.seed if cfg.init_seed is None else cfg.init_seed, repeat)
+    cfgs = [cfg.model_copy(update={"init_seed": s}) for s in seeds]
+    with runs.open_run(out, "train", name, cfg, config_text, started) as run:
+        console.log(f"run dir: {run.path}  {repeat} repeats, trained fused")
+        with console.progress_bar("train", total=total_steps(cfg.schedule)) as advance:
+            with clock("loop"):
+                plist, rows, diverged = fused.train_group(cfgs, prep, advance, clock)
+        if diverged:
+            k, (t, lr) = next(iter(diverged.items()))
+            raise DivergedError(f"repeat {k} diverged at step {t} (lr={lr:.6g})")
+        clock.seconds["train"] = clock.seconds.pop("loop") - clock.seconds.get("eval", 0.0)
+        finals = []
+        for k, c in enumerate(cfgs):
+            text = config_mod.dump_yaml(c)
+            share = runs.Clock()
+            share.seconds = {key: v / repeat for key, v in clock.seconds.items()}
+            path = run.path / "repeats" / f"{k:02d}"
+            path.mkdir(parents=True)
+            with runs.start_run(path, "train", c, text) as sub:
+                finals.append(finish_run(sub, c, prep, plist[k], rows[k], text, share))
+        run.summary.update(repeat_summary(finals, seeds, clock))
+    console.table(f"final accuracy over {repeat} initialisation seeds", ["split", "mean", "std"],
+                  [[k, run.summary["accuracy"][k], run.summary["accuracy_std"][k]]
+                   for k in run.summary["accuracy"]])  # fmt: skip
+    return run.summary
+
+
+def repeat_summary(finals: list[dict], seeds: list[int], clock: runs.Clock) -> dict:
+    splits = list(finals[0])
+    values = {k: [f[k]["accuracy"] for f in finals] for k in splits}
+    return {
+        "repeat": len(finals), "init_seeds": seeds,
+        "accuracy": {k: float(np.mean(v)) for k, v in values.items()},
+        "accuracy_std": {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+                         for k, v in values.items()},
+        "accuracy_runs": values,
+        "timing": {k: clock.rounded().get(k, 0.0) for k in ("train", "eval", "io")},
+    }  # fmt: skip

@@ -683,3 +683,50 @@ def test_search_help_has_examples():
     assert "Example:" in result.stdout
     assert "cifar2l search collect" in result.stdout and "--shard" in result.stdout
 
+
+
+# ---------------------------------------------------------------- fused trials
+
+FUSABLE_SPACE = {"optim.lambda": "{log_uniform: [1.0e-4, 1.0e-1]}",
+                 "schedule.eta_max": "{uniform: [0.05, 0.1]}",
+                 "model.dropout": "{choice: [0.0, 0.2]}"}  # fmt: skip
+
+
+def test_fused_search_equals_one_trial_at_a_time(tmp_path, official_dir):
+    cfg = write_config(tmp_path / "s.yaml", official_dir, trials=5, space=FUSABLE_SPACE)
+    fused_dir, alone_dir = tmp_path / "fused", tmp_path / "alone"
+    ok("search", cfg, "--dir", fused_dir, "-q")
+    ok("search", cfg, "--dir", alone_dir, "-q", "--set", "search.fuse=off")
+    fused_rows, alone_rows = results(fused_dir), results(alone_dir)
+    by_trial = {r["trial"]: r for r in alone_rows}
+    for r in fused_rows:
+        a = by_trial[r["trial"]]
+        for col in ("val_accuracy", "best_val_accuracy", "train_accuracy"):
+            assert abs(float(r[col]) - float(a[col])) <= 0.002
+    groups = {tuple(json.loads((fused_dir / "trials" / f"{i:03d}" / "summary.json").read_text())
+                    .get("fused_with", [])) for i in range(5)}  # fmt: skip
+    assert len(groups) < 5  # trials were in fact trained together
+    assert all("fused_with" not in json.loads(p.read_text())
+               for p in (alone_dir / "trials").glob("*/summary.json"))  # fmt: skip
+
+
+def test_fuse_max_bounds_the_group_size(tmp_path, official_dir):
+    cfg = write_config(tmp_path / "s.yaml", official_dir, trials=5, space=FUSABLE_SPACE)
+    ok("search", cfg, "--dir", tmp_path / "d", "-q", "--set", "search.fuse_max=2")
+    for i in range(5):
+        s = json.loads((tmp_path / "d" / "trials" / f"{i:03d}" / "summary.json").read_text())
+        assert len(s.get("fused_with", [i])) <= 2
+
+
+def test_fused_trial_matches_the_same_trial_trained_alone(tmp_path, official_dir):
+    """The fused network's numbers equal each trial trained by itself (cifar2l train)."""
+    cfg = write_config(tmp_path / "s.yaml", official_dir, trials=4, space=FUSABLE_SPACE)
+    ok("search", cfg, "--dir", tmp_path / "d", "-q")
+    for i in range(4):
+        tdir = tmp_path / "d" / "trials" / f"{i:03d}"
+        fused_summary = json.loads((tdir / "summary.json").read_text())
+        assert fused_summary.get("fused_with")
+        alone = json.loads(ok("train", tdir / "config.yaml", "--out", tmp_path / "alone",
+                              "--json", "-q").stdout)  # fmt: skip
+        for split in ("train", "val", "test"):
+            assert abs(alone["accuracy"][split] - fused_summary["accuracy"][split]) <= 0.002
