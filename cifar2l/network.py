@@ -114,10 +114,13 @@ def l2_penalty(params, lam: float) -> float:
     return lam * float(xp.dot(w1, w1) + xp.dot(w2, w2))  # BLAS dot: no squared temporaries
 
 
-def loss_and_grads(params, x, y, lam: float, dropout: float = 0.0, rng=None, mask=None):
+def loss_and_grads(params, x, y, lam: float, dropout: float = 0.0, rng=None, mask=None,
+                   with_cost: bool = True):  # fmt: skip
     """Mean cross-entropy loss, cost J = loss + L2 penalty, and dJ/dparams (same keys).
 
     With dropout > 0 (or a fixed `mask`), the hidden layer is dropped out as in training.
+    with_cost=False skips the penalty's pass over the weights (cost None): a training step
+    needs only the loss and the gradients.
     """
     s1, c1 = affine_forward(x, params["W1"], params["b1"])
     h, cr = relu_forward(s1)
@@ -132,7 +135,7 @@ def loss_and_grads(params, x, y, lam: float, dropout: float = 0.0, rng=None, mas
         dW2 += (2 * lam) * params["W2"]
     grads = {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
     loss = float(loss)
-    return loss, loss + l2_penalty(params, lam), grads
+    return loss, (loss + l2_penalty(params, lam)) if with_cost else None, grads
 
 
 def cost(params, x, y, lam: float, mask=None) -> float:

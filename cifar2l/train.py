@@ -68,7 +68,7 @@ def make_step(params: dict, cfg, rngs: dict) -> Callable:
         if noise.fraction > 0:
             augment.add_noise(xb, noise.fraction, noise.std, rngs["augment"])
         loss, _, grads = network.loss_and_grads(params, xb, yb, o.lambda_, cfg.model.dropout,
-                                                rngs["dropout"])  # fmt: skip
+                                                rngs["dropout"], with_cost=False)  # fmt: skip
         if not math.isfinite(loss):
             raise DivergedError(f"training diverged at step {t} (lr={lr:.6g})")
         optim.update(params, grads, lr, velocity, o.momentum, o.nesterov)
