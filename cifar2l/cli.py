@@ -59,11 +59,17 @@ def _root(
 
 def _execute(work, quiet: bool, as_json: bool) -> None:
     """Run `work()` -> summary; map errors to one line and an exit code."""
+    from .checkpoint import Interrupted, install_handlers
+
     console.set_quiet(quiet or as_json)
+    install_handlers()
     try:
         summary = work()
     except Cifar2lError as e:
         console.error(str(e))
+        raise typer.Exit(e.exit_code) from None
+    except Interrupted as e:
+        console.error(f"{e}; what was done is saved (resume a training run with --resume)")
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         console.error("interrupted")
@@ -89,9 +95,12 @@ def _load(config: Path, overrides: list[str] | None, seed: int | None):
 
 @app.command()
 def train(
-    config: ConfigArg,
+    config: Annotated[Path | None, typer.Argument(help="Experiment YAML file.",
+                                                  show_default=False)] = None,  # fmt: skip
     repeat: Annotated[int, typer.Option("--repeat", min=1, help=(
         "Train K initialisation seeds fused in one pass; report mean and std."))] = 1,
+    resume: Annotated[Path | None, typer.Option("--resume", metavar="RUN_DIR", help=(
+        "Continue an interrupted run from its checkpoint.npz, in its own directory."))] = None,
     set_: SetOpt = None,
     out: OutOpt = Path("runs"),
     name: NameOpt = None,
@@ -106,10 +115,20 @@ def train(
         cifar2l train configs/default.yaml --set optim.lambda=0.005 --name lam005
 
         cifar2l train configs/default.yaml --repeat 5
+
+        cifar2l train --resume runs/20261127-101500-train-default
     """
-    from .train import run_repeat, run_train
+    from .errors import ConfigError
+    from .train import run_repeat, run_resume, run_train
 
     def work():
+        if resume is not None:
+            if config is not None or set_ or seed is not None or repeat > 1:
+                raise ConfigError("--resume RUN_DIR takes no CONFIG, --set, --seed or --repeat: "
+                                  "the run's own config.yaml is used")  # fmt: skip
+            return run_resume(resume)
+        if config is None:
+            raise ConfigError("train: give a CONFIG file (or --resume RUN_DIR)")
         cfg, text = _load(config, set_, seed)
         if repeat > 1:
             return run_repeat(cfg, text, str(config), out, name or config.stem, repeat)

@@ -110,6 +110,7 @@ class TrainConfig(_Section):
     batch_size: int = Field(100, ge=1)
     shuffle: bool = True
     log_every: int | None = Field(None, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)
 
 
 class GradcheckConfig(_Section):

@@ -107,10 +107,12 @@ def base_summary(command: str, run_dir: Path, seed: int) -> dict:
     }
 
 
-def write_command(run_dir: Path) -> None:
+def write_command(run_dir: Path, append: bool = False) -> None:
     import shlex
 
-    atomic_write(run_dir / "command.txt", shlex.join(["cifar2l", *sys.argv[1:]]) + "\n")
+    line = shlex.join(["cifar2l", *sys.argv[1:]]) + "\n"
+    before = (run_dir / "command.txt").read_text() if append else ""
+    atomic_write(run_dir / "command.txt", before + line)
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -138,15 +140,17 @@ def open_run(out: Path, command: str, name: str, cfg, config_text: str, started=
 
 
 @contextlib.contextmanager
-def start_run(path: Path, command: str, cfg, config_text: str, started=None):
+def start_run(path: Path, command: str, cfg, config_text: str, started=None, fresh=True):
     """Record config and command in `path`; mark the summary completed, failed or interrupted.
 
     `started` (a perf_counter value) counts work done before the directory existed. An error
     with a `status` attribute (e.g. "diverged") records that status instead of "failed".
+    A resumed run (fresh=False) keeps its config.yaml and adds its command to command.txt.
     """
     run = Run(path, base_summary(command, path, cfg.seed))
-    atomic_write(run.path / "config.yaml", config_text)
-    write_command(run.path)
+    if fresh:
+        atomic_write(run.path / "config.yaml", config_text)
+    write_command(run.path, append=not fresh)
     run.save_summary()
     start = time.perf_counter() if started is None else started
     try:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-from . import augment, console, data, network, optim, plots, runs
+from . import augment, checkpoint, console, data, network, optim, plots, runs
 from .data import Split
 from .errors import ConfigError, DivergedError, RunError
 from .evaluate import save_weights
@@ -55,14 +57,15 @@ def metrics_row(params, t: int, epoch: float, lr: float, train: Split, val: Spli
     return row
 
 
-def make_step(params: dict, cfg, rngs: dict) -> Callable:
+def make_step(params: dict, cfg, rngs: dict, velocity: dict | None = None) -> Callable:
     """One update on a gathered batch: augment, gradients (with dropout), optimizer step.
 
-    The returned `step(xb, yb, lr) -> loss` owns the momentum buffers. Raises DivergedError on a
-    non-finite loss.
+    The returned `step(xb, yb, lr) -> loss` owns the momentum buffers (`step.velocity`; a
+    resumed run passes its saved ones). Raises DivergedError on a non-finite loss.
     """
     o, noise = cfg.optim, cfg.augment.noise
-    velocity = optim.init_velocity(params) if o.momentum > 0 else None
+    if velocity is None and o.momentum > 0:
+        velocity = optim.init_velocity(params)
 
     def step(xb, yb, lr: float, t: int) -> float:
         if noise.fraction > 0:
@@ -74,6 +77,7 @@ def make_step(params: dict, cfg, rngs: dict) -> Callable:
         optim.update(params, grads, lr, velocity, o.momentum, o.nesterov)
         return loss
 
+    step.velocity = velocity
     return step
 
 
@@ -86,50 +90,68 @@ def train(
     on_row: Callable[[dict, float], None] | None = None,
     on_step: Callable[[int], None] | None = None,
     clock: runs.Clock | None = None,
+    resume=None,
+    boundary: Callable | None = None,
 ) -> list[dict]:
     """Train `params` in place; return the metric rows. `rngs` as from make_rngs.
 
     `clock` receives "eval" (the metric rows) and "train" (the rest of the loop) seconds.
+    `resume` (a checkpoint.State) continues a run; `boundary(t, order, step)` is called between
+    updates (checkpoints).
     """
     clock = clock or runs.Clock()
     with clock("loop"):
-        rows = _train_loop(params, train_split, val_split, cfg, rngs, on_row, on_step, clock)
+        rows = _train_loop(params, train_split, val_split, cfg, rngs, on_row, on_step, clock,
+                           resume, boundary)  # fmt: skip
     clock.seconds["train"] = clock.seconds.pop("loop") - clock.seconds.get("eval", 0.0)
     return rows
 
 
-def _train_loop(params, train_split, val_split, cfg, rngs, on_row, on_step, clock) -> list[dict]:
+def _train_loop(params, train_split, val_split, cfg, rngs, on_row, on_step, clock, resume,
+                boundary) -> list[dict]:  # fmt: skip
     eta = make_schedule(cfg.schedule)
     lam = cfg.optim.lambda_
-    step = make_step(params, cfg, rngs)
-    rows, start = [], time.perf_counter()
+    step = make_step(params, cfg, rngs, resume.velocity if resume else None)
+    rows, start = list(resume.rows) if resume else [], time.perf_counter()
 
     def measure(t: int, epoch: float) -> None:
         rows.append(metrics_row(params, t, epoch, eta(t), train_split, val_split, lam))
         if on_row:
             on_row(rows[-1], time.perf_counter() - start)
 
+    def at_boundary(t, order):
+        if boundary:
+            boundary(t, order, step, rows)
+
     run_loop(train_split, cfg, rngs, lambda xb, yb, t: step(xb, yb, eta(t), t), measure,
-             on_step, clock)  # fmt: skip
+             on_step, clock, resume.step if resume else 0,
+             resume.order if resume else None, at_boundary)  # fmt: skip
     return rows
 
 
-def run_loop(train_split: Split, cfg, rngs, step, measure, on_step=None, clock=None) -> None:
+def run_loop(train_split: Split, cfg, rngs, step, measure, on_step=None, clock=None,
+             start: int = 0, order=None, boundary=None) -> None:  # fmt: skip
     """The update counter, epoch shuffles and batch gathers; `step(xb, yb, t)` updates,
-    `measure(t, epoch)` takes the metric rows (timed as "eval" on `clock`)."""
+    `measure(t, epoch)` takes the metric rows (timed as "eval" on `clock`).
+
+    A resumed run starts at update `start` with its epoch's saved `order` (its row at `start`
+    is already taken). `boundary(t, order)` runs before each update after the first.
+    """
     clock = clock or runs.Clock()
     total, batch = total_steps(cfg.schedule), cfg.train.batch_size
     x, y = train_split.x, train_split.y
     per_epoch = steps_per_epoch(len(y), batch)
     log_at = set(log_points(total, cfg.train.log_every or default_log_every(cfg.schedule)))
     xb = network.array_module(x).empty((batch, x.shape[1]), dtype=x.dtype)  # reused buffer
-    for t in range(total + 1):
+    for t in range(start, total + 1):
         epoch, i = divmod(t, per_epoch)
-        if t in log_at:
+        if t in log_at and not (t == start and start > 0):
             with clock("eval"):
                 measure(t, t / per_epoch)
         if t == total:
             break
+        if boundary and t > start:
+            boundary(t, order)
         if i == 0:
             order = epoch_order(len(y), cfg.train.shuffle, rngs["shuffle"])
         idx = order[i * batch : (i + 1) * batch]
@@ -174,18 +196,26 @@ def check_batch_size(cfg, prep, source: str) -> None:
                           f"training split ({len(prep.train.y)} rows)")  # fmt: skip
 
 
-def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None) -> dict:
+def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None,
+              resume=None) -> dict:  # fmt: skip
     """Train into an open run directory: metrics, timing, weights, plots; return final metrics.
 
     summary.json gets `timing`: seconds in the training loop without evaluation (`train`), in
     metric evaluation (`eval`), in data loading and writing files (`io`), and `total`.
+    Checkpoints go to checkpoint.npz every `train.checkpoint_every` updates, at each cycle end
+    and on SIGINT/SIGTERM (then the run stops with checkpoint.Interrupted); `resume` (a
+    checkpoint.State) continues from one.
     """
     clock = clock or runs.Clock()
     rngs = make_rngs(cfg.seed, cfg.init_seed)
     total = total_steps(cfg.schedule)
-    params = network.init_params(prep.train.x.shape[1], cfg.model.hidden, len(prep.classes),
-                                 rngs["init"], cfg.dtype)  # fmt: skip
-    timing = []
+    if resume is None:
+        params = network.init_params(prep.train.x.shape[1], cfg.model.hidden, len(prep.classes),
+                                     rngs["init"], cfg.dtype)  # fmt: skip
+        timing = []
+    else:
+        params, timing = resume.params, list(resume.timing)
+        checkpoint.restore_rngs(rngs, resume.rng_states)
 
     def on_row(row, seconds):
         if not timing:
@@ -193,13 +223,41 @@ def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None)
         timing.append({"step": row["step"], "seconds": round(seconds, 3)})
         console.log(format_row(row, seconds))
 
+    boundary = checkpointer(run, cfg, params, rngs, timing, clock)
     try:
-        with console.progress_bar("train", total=total) as advance:
-            rows = train(params, prep.train, prep.val, cfg, rngs, on_row, advance, clock)
-    finally:  # a diverged run keeps the metrics up to where it stopped
+        with console.progress_bar("train", total=total - (resume.step if resume else 0)) as adv:
+            # A diverging run overflows on its way to the non-finite loss that stops it: that is
+            # reported as one error, not as numpy warnings.
+            with checkpoint.deferred_signals(), np.errstate(over="ignore", invalid="ignore"):
+                rows = train(params, prep.train, prep.val, cfg, rngs, on_row, adv, clock, resume,
+                             boundary)  # fmt: skip
+                final = finish_run(run, cfg, prep, params, rows, config_text, clock)
+                checkpoint.take_pending()  # came while finishing: the run is complete anyway
+    finally:  # a diverged or interrupted run keeps the metrics up to where it stopped
         if timing:
             runs.write_csv(run.path / "timing.csv", TIMING_COLUMNS, timing)
-    return finish_run(run, cfg, prep, params, rows, config_text, clock)
+    (run.path / checkpoint.NAME).unlink(missing_ok=True)  # superseded by weights.npz
+    return final
+
+
+def checkpointer(run, cfg, params, rngs, timing, clock):
+    """The boundary callback: save a checkpoint when one is due; stop on a pending signal."""
+    every = cfg.train.checkpoint_every
+    cycle = 2 * cfg.schedule.n_s if cfg.schedule.kind == "cyclical" else None
+
+    def boundary(t, order, step, rows):
+        signum = checkpoint.pending()
+        if not (signum or (every and t % every == 0) or (cycle and t % cycle == 0)):
+            return
+        with clock("io"):
+            state = checkpoint.State(t, params, step.velocity, order,
+                                     checkpoint.rng_states(rngs), rows, timing)  # fmt: skip
+            checkpoint.save(run.path / checkpoint.NAME, state)
+        if signum:
+            runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, rows)
+            raise checkpoint.Interrupted(checkpoint.take_pending())
+
+    return boundary
 
 
 def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock) -> dict:
@@ -296,3 +354,38 @@ def repeat_summary(finals: list[dict], seeds: list[int], clock: runs.Clock) -> d
         "accuracy_runs": values,
         "timing": {k: clock.rounded().get(k, 0.0) for k in ("train", "eval", "io")},
     }  # fmt: skip
+
+
+def run_resume(run_dir: Path, out=None) -> dict:
+    """`train --resume RUN_DIR`: continue an interrupted run from its checkpoint, in place."""
+    from . import config as config_mod
+
+    started, clock = time.perf_counter(), runs.Clock()
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunError(f"{run_dir}: not a run directory (no config.yaml)")
+    cfg = config_mod.load_config(run_dir / "config.yaml")
+    state = resume_state(run_dir)
+    with clock("io"):
+        prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
+    text = config_mod.dump_yaml(cfg)
+    with runs.start_run(run_dir, "train", cfg, text, started, fresh=False) as run:
+        run.summary["resumed_from_step"] = state.step if state else 0
+        console.log(f"run dir: {run.path}  resuming at update {state.step if state else 0}")
+        final = train_run(run, cfg, prep, text, clock, resume=state)
+    console.table("final metrics", ["split", "loss", "cost", "accuracy"],
+                  [[k, v["loss"], v["cost"], v["accuracy"]] for k, v in final.items()])
+    return run.summary
+
+
+def resume_state(run_dir: Path):
+    """The run's checkpoint; None (start over, in place) for a run stopped before its first."""
+    if (run_dir / checkpoint.NAME).is_file():
+        return checkpoint.load(run_dir / checkpoint.NAME)
+    try:
+        status = json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        status = None
+    if status != "interrupted":
+        raise RunError(f"{run_dir}: no checkpoint to resume from (status {status or 'unknown'})")
+    return None
