@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checkpoint, console, data, fused, plots, runs
 from . import config as config_mod
-from . import console, data, fused, plots, runs
 from .errors import ConfigError, DivergedError, RunError
 from .rngs import make_rngs
 from .train import METRIC_COLUMNS, check_batch_size, finish_run, train_run
@@ -202,13 +202,28 @@ def fresh_trial(path: Path, trial: dict, base: dict):
     return tdir, cfg, config_mod.dump_yaml(cfg)
 
 
+def resumable(path: Path, trial: dict) -> bool:
+    """An interrupted trial with a checkpoint continues from it instead of starting over."""
+    tdir = trial_dir(path, trial["index"])
+    return trial_status(tdir) == "interrupted" and (tdir / checkpoint.NAME).is_file()
+
+
 def run_claimed(path: Path, trial: dict, base: dict, cache: DataCache) -> str | None:
-    tdir, cfg, text = fresh_trial(path, trial, base)
-    with contextlib.suppress(Exception), runs.start_run(tdir, "train", cfg, text) as run:
+    state = None
+    if resumable(path, trial):
+        tdir = trial_dir(path, trial["index"])
+        cfg = config_mod.validate(trial_raw(base, trial["params"], trial["init_seed"]), str(tdir))
+        text, state = config_mod.dump_yaml(cfg), checkpoint.load(tdir / checkpoint.NAME)
+    else:
+        tdir, cfg, text = fresh_trial(path, trial, base)
+    with contextlib.suppress(Exception), runs.start_run(tdir, "train", cfg, text,
+                                                        fresh=state is None) as run:  # fmt: skip
+        if state is not None:
+            run.summary["resumed_from_step"] = state.step
         prep = cache.get(cfg)
         check_batch_size(cfg, prep, f"trial {trial['index']}")
         with console.quiet():
-            train_run(run, cfg, prep, text)
+            train_run(run, cfg, prep, text, resume=state)
     return trial_status(tdir)
 
 
@@ -238,9 +253,12 @@ def run_group(path: Path, group: list[dict], base: dict, cache: DataCache) -> li
     with contextlib.ExitStack() as held:
         todo = [t for t in group if held.enter_context(claim(path, t["index"]))
                 and trial_status(trial_dir(path, t["index"])) not in FINISHED]  # fmt: skip
+        alone = [t for t in todo if resumable(path, t)]  # continue from their checkpoints
+        todo = [t for t in todo if t not in alone]
         if len(todo) == 1:
-            return [(todo[0], run_claimed(path, todo[0], base, cache))]
-        return run_fused(path, todo, base, cache) if todo else []
+            alone, todo = alone + todo, []
+        done = [(t, run_claimed(path, t, base, cache)) for t in alone]
+        return done + (run_fused(path, todo, base, cache) if todo else [])
 
 
 def run_fused(path: Path, todo: list[dict], base: dict, cache: DataCache) -> list[tuple]:

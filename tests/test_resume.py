@@ -123,3 +123,39 @@ def test_real_sigterm_then_resume(tmp_path):
         assert "--resume" in (run / "command.txt").read_text().splitlines()[-1]
         same_outputs(run, only_run(tmp_path / "ref"))
     assert resumed_steps, "the process always finished before the signal: make it slower"
+
+
+def test_interrupted_search_trial_resumes_from_its_checkpoint(tmp_path, official_dir,
+                                                             monkeypatch):  # fmt: skip
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(
+        f"extends: {SMOKE}\n"
+        f"data: {{root: {official_dir}, train: all, val: null, val_size: 40}}\n"
+        "schedule: {cycles: 2}\n"
+        "search:\n  trials: 3\n  fuse: 'off'\n  space:\n"
+        "    optim.lambda: {log_uniform: [1.0e-4, 1.0e-1]}\n"
+    )
+    ok("search", cfg, "--dir", tmp_path / "ref", "-q")
+    calls = {"n": 0}
+
+    def fake_pending():  # SIGTERM just before update 25 of the second trial (40 per trial)
+        calls["n"] += 1
+        return signal.SIGTERM if calls["n"] == 39 + 25 else None
+
+    monkeypatch.setattr(checkpoint, "pending", fake_pending)
+    monkeypatch.setattr(checkpoint, "take_pending", lambda: signal.SIGTERM)
+    r = invoke("search", cfg, "--dir", tmp_path / "cut", "-q")
+    assert r.exit_code == 143, r.output
+    monkeypatch.undo()
+    trial = tmp_path / "cut" / "trials" / "001"
+    assert json.loads((trial / "summary.json").read_text())["status"] == "interrupted"
+    assert (trial / checkpoint.NAME).is_file()
+    first = (tmp_path / "cut" / "trials" / "000" / "summary.json").read_bytes()
+
+    ok("search", "--resume", tmp_path / "cut", "-q")
+    s = json.loads((trial / "summary.json").read_text())
+    assert s["status"] == "completed" and s["resumed_from_step"] == 25
+    assert (tmp_path / "cut" / "trials" / "000" / "summary.json").read_bytes() == first
+    for i in range(3):
+        name = f"trials/{i:03d}"
+        same_outputs(tmp_path / "cut" / name, tmp_path / "ref" / name)
