@@ -7,6 +7,7 @@ load time with `<file>: <dotted.key>: <what is wrong>`, before anything is writt
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -117,7 +118,7 @@ class GradcheckConfig(_Section):
     dims: int = Field(20, ge=1)
     samples: int = Field(2, ge=1)
     hidden: int = Field(50, ge=1)
-    lambdas: list[float] = [0.0, 0.01]
+    lambdas: list[float] = Field([0.0, 0.01], min_length=1)
     h: float = Field(1e-5, gt=0)
     tolerance: float = Field(1e-6, gt=0)
     full_size_samples: int = Field(10, ge=1)
@@ -145,8 +146,12 @@ class Distribution(_Section):
                 raise ValueError("choice: needs at least one value")
         elif len(args) != 2 or args[0] > args[1]:
             raise ValueError(f"{kind}: expected [low, high] with low <= high, got {args}")
+        elif not all(math.isfinite(a) for a in args):
+            raise ValueError(f"{kind}: bounds must be finite numbers, got {args}")
         elif kind == "log_uniform" and args[0] <= 0:
             raise ValueError(f"log_uniform: bounds must be > 0, got {args}")
+        elif kind == "int_uniform" and not -(2**63) <= args[0] <= args[1] < 2**63:
+            raise ValueError(f"int_uniform: bounds must be 64-bit integers, got {args}")
         return self
 
     @model_serializer
@@ -167,7 +172,7 @@ DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "choice")
 
 class SearchConfig(_Section):
     trials: int = Field(16, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # numpy seeds are non-negative
     metric: Literal["val_accuracy", "best_val_accuracy"] = "val_accuracy"
     space: dict[str, Distribution] = {}
     refine_from: str | None = None
@@ -229,8 +234,8 @@ class LRRangeConfig(_Section):
 
 
 class Config(_Section):
-    seed: int = 42
-    init_seed: int | None = None
+    seed: int = Field(42, ge=0)  # numpy seeds are non-negative
+    init_seed: int | None = Field(None, ge=0)
     dtype: Literal["float32", "float64"] = "float32"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -276,6 +281,8 @@ def parse_yaml(text: str, source: str) -> Any:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    except RecursionError:  # PyYAML composes recursively: thousands of nested [ or {
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
 
 
 def _read_yaml_file(path: Path) -> dict[str, Any]:
@@ -372,9 +379,9 @@ def validate(raw: dict, source: str) -> Config:
 
 
 def _describe(err: dict, raw: dict) -> str:
-    loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+    loc = _error_keys(err["loc"], raw)
     key = ".".join(loc) or "(top level)"
-    if err["type"] == "extra_forbidden":
+    if err["type"] == "extra_forbidden" and loc:
         allowed = _allowed_keys(loc[:-1])
         close = difflib.get_close_matches(loc[-1], allowed, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -385,6 +392,26 @@ def _describe(err: dict, raw: dict) -> str:
     if "input" in err and err["type"] != "value_error":
         return f"{key}: {msg} (got {err['input']!r})"
     return f"{key}: {msg}"
+
+
+def _error_keys(loc: tuple, raw: Any) -> list[str]:
+    """The keys of an error location, without the union members pydantic inserts.
+
+    A part that is a key of the document at that point is a key even when it looks like a tag
+    (a user's `int:` or `a[b]:`), so it is kept.
+    """
+    keys, node = [], raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node):
+            node = node[part]
+        elif _is_union_tag(part):
+            continue
+        else:
+            node = None
+        keys.append(str(part))
+    return keys
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -82,4 +82,6 @@ def fmt(v) -> str:
 
 
 def error(message: str) -> None:
-    print(f"Error: {message}", file=sys.stderr)
+    from .errors import one_line
+
+    print(f"Error: {one_line(message)}", file=sys.stderr)

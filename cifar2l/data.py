@@ -211,7 +211,8 @@ def _tar_members(path: Path):
                     yield m.name, (lambda d=data: d)
             _check_complete(tar)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise DataError(f"{path}: truncated or corrupt archive ({e})") from None
+        detail = " ".join(str(e).split())  # tarfile lists each method it tried on its own line
+        raise DataError(f"{path}: truncated or corrupt archive ({detail})") from None
 
 
 def _check_complete(tar: tarfile.TarFile) -> None:

@@ -1,10 +1,21 @@
 """Errors that the CLI turns into one-line messages and exit codes."""
 
+# Everything str.splitlines() breaks at: a key or path holding one must not split the message.
+_LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def one_line(message: str) -> str:
+    """`message` with its line breaks escaped (\\n, \\x85, ...)."""
+    return str(message).translate(_LINE_BREAKS)
+
 
 class Cifar2lError(Exception):
-    """Base class: a failure with a message meant for the user."""
+    """Base class: a failure with a message meant for the user (always one line)."""
 
     exit_code = 1
+
+    def __init__(self, message: str = ""):
+        super().__init__(one_line(message))
 
 
 class ConfigError(Cifar2lError):

@@ -7,6 +7,7 @@ import time
 import numpy as np
 
 from . import console, data, network, runs
+from .errors import ConfigError
 from .network import PARAM_KEYS
 from .rngs import make_rngs
 
@@ -78,6 +79,10 @@ def check(cfg) -> tuple[list[dict], dict]:
     gc = cfg.gradcheck
     rngs = make_rngs(cfg.seed)
     x, y, n_classes = training_rows(cfg, rngs["split"])
+    for key, value, limit, what in (("dims", gc.dims, x.shape[1], "input features"),
+                                    ("samples", gc.samples, len(y), "training rows")):  # fmt: skip
+        if value > limit:  # the reduced problem is cut from the training split
+            raise ConfigError(f"gradcheck.{key}: {value} exceeds the {limit} {what}")
     reduced = network.init_params(gc.dims, gc.hidden, n_classes, rngs["init"], "float64")
     full = network.init_params(x.shape[1], cfg.model.hidden, n_classes, rngs["init"], "float64")
     coords = sample_coords(full, gc.full_size_coords, rngs["shuffle"])
