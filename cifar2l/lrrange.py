@@ -53,7 +53,7 @@ def sweep(params, prep, cfg, rngs, on_row=None, on_step=None) -> tuple[list[dict
     per_epoch = steps_per_epoch(len(y), batch)
     total = sweep_steps(rc, per_epoch)
     train_sub = data.Split(x[: rc.train_eval_rows], y[: rc.train_eval_rows])
-    step = make_step(params, cfg, rngs)
+    step = make_step(params, cfg, rngs, exploded=math.inf)  # the sweep has its own stop rule
     xp = network.array_module(x)
     xb = xp.empty((batch, x.shape[1]), dtype=x.dtype)
     rows, lowest = [], math.inf

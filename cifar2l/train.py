@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,10 @@ from .errors import ConfigError, DivergedError, RunError
 from .evaluate import save_weights
 from .rngs import make_rngs
 from .schedule import default_log_every, make_schedule, total_steps
+
+# A mean cross-entropy this large means logits of that size: training has blown up (it starts
+# near ln 10 = 2.3), even while the numbers are still finite.
+EXPLODED = 1e6
 
 METRIC_COLUMNS = [
     "step", "epoch", "lr",
@@ -57,11 +60,13 @@ def metrics_row(params, t: int, epoch: float, lr: float, train: Split, val: Spli
     return row
 
 
-def make_step(params: dict, cfg, rngs: dict, velocity: dict | None = None) -> Callable:
+def make_step(params: dict, cfg, rngs: dict, velocity: dict | None = None,
+              exploded: float = EXPLODED) -> Callable:  # fmt: skip
     """One update on a gathered batch: augment, gradients (with dropout), optimizer step.
 
     The returned `step(xb, yb, lr) -> loss` owns the momentum buffers (`step.velocity`; a
-    resumed run passes its saved ones). Raises DivergedError on a non-finite loss.
+    resumed run passes its saved ones). Raises DivergedError on a non-finite loss or one above
+    `exploded`.
     """
     o, noise = cfg.optim, cfg.augment.noise
     if velocity is None and o.momentum > 0:
@@ -72,8 +77,8 @@ def make_step(params: dict, cfg, rngs: dict, velocity: dict | None = None) -> Ca
             augment.add_noise(xb, noise.fraction, noise.std, rngs["augment"])
         loss, _, grads = network.loss_and_grads(params, xb, yb, o.lambda_, cfg.model.dropout,
                                                 rngs["dropout"], with_cost=False)  # fmt: skip
-        if not math.isfinite(loss):
-            raise DivergedError(f"training diverged at step {t} (lr={lr:.6g})")
+        if not loss < exploded:  # nan compares false too
+            raise DivergedError(f"training diverged at step {t} (lr={lr:.6g}, loss {loss:.4g})")
         optim.update(params, grads, lr, velocity, o.momentum, o.nesterov)
         return loss
 

@@ -525,7 +525,8 @@ def test_each_option_changes_training(official_dir, overrides):
 
 def test_nesterov_differs_from_heavy_ball(official_dir):
     def final(*sets):
-        cfg, prep, rngs, params = smoke_setup(official_dir, "optim.momentum=0.9", *sets)
+        cfg, prep, rngs, params = smoke_setup(official_dir, "optim.momentum=0.9",
+                                              "schedule.eta_max=0.01", *sets)  # fmt: skip
         train_mod.train(params, prep.train, prep.val, cfg, rngs)
         return params
 

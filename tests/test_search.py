@@ -489,7 +489,7 @@ def test_same_config_reuses_dir_and_other_config_is_refused(coarse, tmp_path):
 
 def test_resume_after_kill_reruns_only_the_interrupted_trials(tmp_path, official_dir):
     cfg = write_config(tmp_path / "slow.yaml", official_dir, trials=4,
-                       extra="schedule: {n_s: 500}\n")  # fmt: skip
+                       extra="schedule: {n_s: 500, eta_max: 0.01}\n")  # fmt: skip
     shared = tmp_path / "shared"
     proc = popen("search", cfg, "--dir", shared, "-q")
     third = search.trial_dir(shared, 2)
