@@ -55,16 +55,18 @@ def test_signal_at_a_step_then_resume_is_bitwise_identical(tmp_path, args, refer
         calls["n"] += 1
         return signal.SIGTERM if calls["n"] == stop_at else None
 
-    monkeypatch.setattr(checkpoint, "pending", fake_pending)
-    monkeypatch.setattr(checkpoint, "take_pending", lambda: signal.SIGTERM)
-    result = invoke("train", *args, "--out", tmp_path / "runs")
+    # monkeypatch.context: undoing the whole monkeypatch would also undo the autouse fixture's
+    # environment (and let a CIFAR2L_DATA from the shell win over data.root).
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "pending", fake_pending)
+        m.setattr(checkpoint, "take_pending", lambda: signal.SIGTERM)
+        result = invoke("train", *args, "--out", tmp_path / "runs")
     assert result.exit_code == 143, result.output
     assert "Error: interrupted by SIGTERM" in result.stderr
     run = only_run(tmp_path / "runs")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted"
     assert (run / checkpoint.NAME).is_file() and not (run / "weights.npz").exists()
-    monkeypatch.undo()
 
     resumed = json.loads(ok("train", "--resume", run, "--json").stdout)
     assert resumed["status"] == "completed" and resumed["resumed_from_step"] == stop_at
@@ -143,11 +145,11 @@ def test_interrupted_search_trial_resumes_from_its_checkpoint(tmp_path, official
         calls["n"] += 1
         return signal.SIGTERM if calls["n"] == 39 + 25 else None
 
-    monkeypatch.setattr(checkpoint, "pending", fake_pending)
-    monkeypatch.setattr(checkpoint, "take_pending", lambda: signal.SIGTERM)
-    r = invoke("search", cfg, "--dir", tmp_path / "cut", "-q")
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "pending", fake_pending)
+        m.setattr(checkpoint, "take_pending", lambda: signal.SIGTERM)
+        r = invoke("search", cfg, "--dir", tmp_path / "cut", "-q")
     assert r.exit_code == 143, r.output
-    monkeypatch.undo()
     trial = tmp_path / "cut" / "trials" / "001"
     assert json.loads((trial / "summary.json").read_text())["status"] == "interrupted"
     assert (trial / checkpoint.NAME).is_file()
