@@ -31,10 +31,6 @@ def set_quiet(value: bool) -> None:
     _quiet = value
 
 
-def is_quiet() -> bool:
-    return _quiet
-
-
 @contextlib.contextmanager
 def quiet():
     """Silence rows, tables and bars for a while (e.g. inside a search trial)."""

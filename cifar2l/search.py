@@ -185,14 +185,6 @@ class DataCache:
         return self._prepared[key]
 
 
-def run_trial(path: Path, trial: dict, base: dict, cache: DataCache) -> str | None:
-    """Run one trial unless it is finished or held by another process; return its status."""
-    with claim(path, trial["index"]) as mine:
-        if not mine or trial_status(trial_dir(path, trial["index"])) in FINISHED:
-            return None
-        return run_claimed(path, trial, base, cache)
-
-
 def fresh_trial(path: Path, trial: dict, base: dict):
     """An empty trial dir (leftovers of an interrupted attempt removed), its config and text."""
     tdir = trial_dir(path, trial["index"])
