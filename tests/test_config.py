@@ -288,3 +288,24 @@ def test_set_with_broken_yaml_value():
 def test_set_wrong_type_names_key():
     msg = config_error(CONFIGS / "default.yaml", ["train.batch_size=big"])
     assert "train.batch_size" in msg and "'big'" in msg
+
+
+@pytest.mark.parametrize("text, key", [
+    ("seed: 1\nseed: 2\n", "seed"),
+    ("data:\n  root: /x\ndata:\n  train: all\n", "data"),
+    ("optim: {lambda: 0.1, lambda: 0.2}\n", "lambda"),
+])  # fmt: skip
+def test_duplicate_keys_are_an_error(tmp_path, text, key):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: invalid YAML (line ")
+    assert f"duplicate key '{key}'" in str(e.value)
+
+
+def test_yaml_merge_keys_still_override(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("schedule:\n  <<: {n_s: 7, cycles: 2}\n  cycles: 3\n")
+    cfg = load_config(path)
+    assert (cfg.schedule.n_s, cfg.schedule.cycles) == (7, 3)
