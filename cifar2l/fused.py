@@ -177,12 +177,26 @@ def make_step(fp, cfgs: list, rngs: dict, diverged: dict):
                 g[~np.isfinite(g)] = 0
         update(fp, grads, lr.astype(dtype), velocity, v["gamma"].astype(dtype), nesterov)
 
+    step.velocity = velocity
     return step
+
+
+class GroupInterrupted(BaseException):
+    """A signal stopped a fused pass; `states` holds each live trial's checkpoint.State."""
+
+    def __init__(self, signum: int, states: dict, diverged: dict):
+        super().__init__(signum)
+        self.signum, self.states, self.diverged = signum, states, diverged
 
 
 def train_group(cfgs: list, prep, on_step=None, clock=None):
     """Train the trials `cfgs` (one fuse key) together; return their params, metric rows and
-    {trial: (step, lr)} for those that diverged (their rows stop there)."""
+    {trial: (step, lr)} for those that diverged (their rows stop there).
+
+    On SIGINT/SIGTERM it stops at the next update boundary and raises GroupInterrupted with a
+    checkpoint per live trial: each can then be resumed on its own.
+    """
+    from . import checkpoint
     from .rngs import make_rngs
     from .train import run_loop
 
@@ -205,6 +219,18 @@ def train_group(cfgs: list, prep, on_step=None, clock=None):
                                 **{f"val_{k}": v for k, v in va[i].items()}})  # fmt: skip
 
     step = make_step(fp, cfgs, rngs, diverged)
-    with np.errstate(all="ignore"):  # a diverging trial overflows; it is recorded, not printed
-        run_loop(prep.train, cfgs[0], rngs, step, measure, on_step, clock)
+    gammas = vectors(cfgs)["gamma"]
+
+    def boundary(t: int, order) -> None:
+        if checkpoint.pending() is None:
+            return
+        states = {i: checkpoint.State(
+            t, unstack(fp, i), unstack(step.velocity, i) if gammas[i] > 0 else None, order,
+            checkpoint.rng_states(rngs), rows[i], []) for i in range(len(cfgs))
+            if i not in diverged}  # fmt: skip
+        raise GroupInterrupted(checkpoint.take_pending(), states, diverged)
+
+    # a diverging trial overflows; it is recorded, not printed
+    with checkpoint.deferred_signals(), np.errstate(all="ignore"):
+        run_loop(prep.train, cfgs[0], rngs, step, measure, on_step, clock, boundary=boundary)
     return [unstack(fp, i) for i in range(len(cfgs))], rows, diverged

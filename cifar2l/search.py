@@ -264,6 +264,8 @@ def run_fused(path: Path, todo: list[dict], base: dict, cache: DataCache) -> lis
         with clock("loop"):
             plist, rows, diverged = fused.train_group(cfgs, prep, clock=clock)
         clock.seconds["train"] = clock.seconds.pop("loop") - clock.seconds.get("eval", 0.0)
+    except fused.GroupInterrupted as stop:
+        interrupt_group(todo, made, stop)
     except Exception as e:  # recorded in every trial of the group below
         error = e
     out = []
@@ -282,6 +284,22 @@ def run_fused(path: Path, todo: list[dict], base: dict, cache: DataCache) -> lis
                 finish_run(run, cfg, prep, plist[i], rows[i], text, share)
         out.append((trial, trial_status(tdir)))
     return out
+
+
+def interrupt_group(todo: list[dict], made: list, stop) -> None:
+    """Leave each trial of an interrupted fused pass resumable on its own, then stop."""
+    signum = stop.signum
+    for i, (tdir, cfg, text) in enumerate(made):
+        with contextlib.suppress(checkpoint.Interrupted, DivergedError), \
+                runs.start_run(tdir, "train", cfg, text) as run:  # fmt: skip
+            run.summary["fused_with"] = [t["index"] for t in todo]
+            if i in stop.diverged:
+                t, lr = stop.diverged[i]
+                raise DivergedError(f"training diverged at step {t} (lr={lr:.6g})")
+            checkpoint.save(tdir / checkpoint.NAME, stop.states[i])
+            runs.write_csv(tdir / "metrics.csv", METRIC_COLUMNS, stop.states[i].rows)
+            raise checkpoint.Interrupted(signum)
+    raise checkpoint.Interrupted(signum)
 
 
 def shard_trials(trials: list[dict], shard: tuple[int, int]) -> list[dict]:

@@ -162,3 +162,42 @@ def test_interrupted_search_trial_resumes_from_its_checkpoint(tmp_path, official
     for i in range(3):
         name = f"trials/{i:03d}"
         same_outputs(tmp_path / "cut" / name, tmp_path / "ref" / name)
+
+
+def test_interrupted_fused_group_resumes_each_trial_from_its_checkpoint(tmp_path, official_dir,
+                                                                        monkeypatch):  # fmt: skip
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(
+        f"extends: {SMOKE}\n"
+        f"data: {{root: {official_dir}, train: all, val: null, val_size: 40}}\n"
+        "schedule: {cycles: 2}\n"
+        "search:\n  trials: 3\n  space:\n"
+        "    optim.lambda: {log_uniform: [1.0e-4, 1.0e-1]}\n"
+        "    optim.momentum: {choice: [0.0, 0.5]}\n"
+    )
+    ok("search", cfg, "--dir", tmp_path / "ref", "-q")
+    calls = {"n": 0}
+
+    def fake_pending():  # SIGTERM just before update 17 of the fused pass
+        calls["n"] += 1
+        return signal.SIGTERM if calls["n"] == 17 else None
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "pending", fake_pending)
+        m.setattr(checkpoint, "take_pending", lambda: signal.SIGTERM)
+        r = invoke("search", cfg, "--dir", tmp_path / "cut", "-q")
+    assert r.exit_code == 143, r.output
+    for i in range(3):
+        trial = tmp_path / "cut" / "trials" / f"{i:03d}"
+        s = json.loads((trial / "summary.json").read_text())
+        assert s["status"] == "interrupted" and len(s["fused_with"]) == 3
+        assert (trial / checkpoint.NAME).is_file()
+
+    ok("search", "--resume", tmp_path / "cut", "-q")
+    for i in range(3):
+        name = f"trials/{i:03d}"
+        s = json.loads((tmp_path / "cut" / name / "summary.json").read_text())
+        ref = json.loads((tmp_path / "ref" / name / "summary.json").read_text())
+        assert s["status"] == "completed" and s["resumed_from_step"] == 17
+        for split in ("train", "val", "test"):  # resumed alone: equal up to rounding
+            assert abs(s["accuracy"][split] - ref["accuracy"][split]) <= 0.002
