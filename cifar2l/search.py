@@ -7,7 +7,8 @@ initialisation seed), `trials/<NNN>/` (one ordinary train run directory per tria
 The plan is fixed when the directory is created, so every process that works on the search
 (shards, workers, resubmitted jobs) runs the same trials with the same values. A trial is claimed
 with an exclusive file lock, which the operating system releases when its process dies: no trial
-runs twice at once, and an interrupted one is simply run again.
+runs twice at once, and an interrupted one continues from its checkpoint (or runs again).
+Trials that differ only in per-trial settings train together as one wide network (fused.py).
 """
 
 from __future__ import annotations
