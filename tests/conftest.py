@@ -111,3 +111,16 @@ def ok(*args):
     result = invoke(*args)
     assert result.exit_code == 0, (result.output, result.exception)
     return result
+
+
+def one_error_line(result, code: int, *fragments: str) -> str:
+    """Exit `code`, exactly one `Error: ...` line on stderr holding `fragments`, no traceback,
+    nothing on stdout; returns the line."""
+    assert result.exit_code == code, (result.output, result.exception)
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert result.stdout == ""
+    return lines[0]

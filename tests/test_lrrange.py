@@ -17,7 +17,7 @@ from cifar2l.config import load_config
 from cifar2l.errors import RunError
 from cifar2l.rngs import make_rngs
 
-from .conftest import ROOT, invoke, ok, write_official_dir
+from .conftest import ROOT, invoke, ok, one_error_line, write_official_dir
 
 LRRANGE_80 = ROOT / "configs" / "lrrange-80.yaml"
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -57,18 +57,6 @@ def only_dir(out: Path) -> Path:
     dirs = sorted(p for p in out.iterdir() if p.is_dir())
     assert len(dirs) == 1, dirs
     return dirs[0]
-
-
-def one_error_line(result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, (result.output, result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output and "internal error" not in result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert result.stdout == ""
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

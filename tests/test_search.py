@@ -23,7 +23,7 @@ from cifar2l.config import Distribution, dump_yaml, load_config
 from cifar2l.errors import ConfigError, RunError
 from cifar2l.rngs import make_rngs
 
-from .conftest import ROOT, invoke, ok, write_official_dir
+from .conftest import ROOT, invoke, ok, one_error_line, write_official_dir
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 KEYS = ["optim.lambda", "model.hidden"]  # the order of the space in the test configs
@@ -49,18 +49,6 @@ def write_config(path: Path, src: Path, *, trials: int = TRIALS, seed: int = 0,
         f"search:\n  trials: {trials}\n  seed: {seed}\n{search_extra}  space:\n{space_lines}"
     )
     return path
-
-
-def usage_error(result, *fragments: str, code: int = 2) -> str:
-    """One `Error: ...` line on stderr, no traceback, nothing on stdout."""
-    assert result.exit_code == code, (result.output, result.exception)
-    assert "Traceback" not in result.output and "internal error" not in result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert result.stdout == ""
-    return lines[0]
 
 
 def cifar2l_cmd(*args) -> list[str]:
@@ -238,7 +226,7 @@ def test_valid_search_section_loads(config):
 def test_empty_space_exits_2(tmp_path, official_dir):
     out = tmp_path / "runs"
     result = invoke("search", SMOKE, "--set", f"data.root={official_dir}", "--out", out)
-    usage_error(result, "search.space", "empty")
+    one_error_line(result, 2, "search.space", "empty")
     assert not out.exists()
 
 
@@ -246,8 +234,8 @@ def test_sampled_value_of_wrong_type_exits_2_before_any_run_dir(tmp_path, offici
     cfg = write_config(tmp_path / "s.yaml", official_dir,
                        space={"model.hidden": "{uniform: [4, 16]}"})  # fmt: skip
     out, shared = tmp_path / "runs", tmp_path / "shared"
-    usage_error(invoke("search", cfg, "--out", out), "model.hidden")
-    usage_error(invoke("search", cfg, "--dir", shared), "model.hidden")
+    one_error_line(invoke("search", cfg, "--out", out), 2, "model.hidden")
+    one_error_line(invoke("search", cfg, "--dir", shared), 2, "model.hidden")
     assert not out.exists() and not shared.exists()
 
 
@@ -436,8 +424,8 @@ def test_slurm_array_task_runs_its_shard(config, tmp_path, monkeypatch):
 @pytest.mark.parametrize("shard", ["3/3", "a/b", "1", "-1/2", "1/0", "0/2/4"])
 def test_bad_shard_exits_2(config, tmp_path, shard):
     out, shared = tmp_path / "runs", tmp_path / "shared"
-    usage_error(invoke("search", config, "--shard", shard, "--out", out), "--shard")
-    usage_error(invoke("search", config, "--shard", shard, "--dir", shared), "--shard")
+    one_error_line(invoke("search", config, "--shard", shard, "--out", out), 2, "--shard")
+    one_error_line(invoke("search", config, "--shard", shard, "--dir", shared), 2, "--shard")
     assert not out.exists() and not shared.exists()
 
 
@@ -447,7 +435,7 @@ def test_bad_shard_exits_2(config, tmp_path, shard):
 ])  # fmt: skip
 def test_bad_jobs_exit_2(config, tmp_path, args, fragment):
     out = tmp_path / "runs"
-    usage_error(invoke("search", config, *args, "--out", out), fragment)
+    one_error_line(invoke("search", config, *args, "--out", out), 2, fragment)
     assert not out.exists()
 
 
@@ -477,7 +465,7 @@ def test_same_config_reuses_dir_and_other_config_is_refused(coarse, tmp_path):
     assert plan_of(shared) == plan_of(coarse.dir)
     # another config (another search seed): refused, nothing touched
     result = invoke("search", coarse.config, "--set", "search.seed=1", "--dir", shared)
-    usage_error(result, "holds a different search")
+    one_error_line(result, 2, "holds a different search")
     after = {p: p.read_bytes() for p in shared.rglob("*") if p.is_file()}
     trial_files = [p for p in before if "trials" in p.parts]
     assert all(after[p] == before[p] for p in trial_files)
@@ -657,12 +645,12 @@ def test_refine_from_a_search_without_completed_trials_fails(coarse, tmp_path):
     empty = tmp_path / "empty"  # a planned search whose trials never ran
     search.create_search_dir(empty, search.make_plan(cfg, "test"), dump_yaml(cfg))
     out = tmp_path / "runs"
-    usage_error(invoke("search", coarse.config, "--refine", empty, "--out", out),
-                "no completed trials", code=1)  # fmt: skip
+    one_error_line(invoke("search", coarse.config, "--refine", empty, "--out", out), 1,
+                   "no completed trials")
     plain = tmp_path / "plain"
     plain.mkdir()
-    usage_error(invoke("search", coarse.config, "--refine", plain, "--out", out),
-                "not a search directory", code=1)  # fmt: skip
+    one_error_line(invoke("search", coarse.config, "--refine", plain, "--out", out), 1,
+                   "not a search directory")
     assert not out.exists()
 
 
@@ -670,11 +658,11 @@ def test_refine_from_a_search_without_completed_trials_fails(coarse, tmp_path):
 
 
 def test_collect_without_a_dir_exits_2():
-    usage_error(invoke("search", "collect"), "collect")
+    one_error_line(invoke("search", "collect"), 2, "collect")
 
 
 def test_collect_of_a_non_search_dir_exits_1(tmp_path):
-    usage_error(invoke("search", "collect", tmp_path), str(tmp_path), code=1)
+    one_error_line(invoke("search", "collect", tmp_path), 1, str(tmp_path))
     assert list(tmp_path.iterdir()) == []  # nothing written into it
 
 
