@@ -192,6 +192,9 @@ def evaluate(
     target: Annotated[Path, typer.Argument(help="A run directory or a weights.npz file.",
                                            show_default=False)],  # fmt: skip
     split: Annotated[str, typer.Option("--split", help="train, val or test.")] = "test",
+    ensemble: Annotated[bool, typer.Option("--ensemble", help=(
+        "Score the run's snapshot ensemble (the mean of the softmax outputs of its "
+        "snapshots/*.npz) instead of its final weights."))] = False,
     set_: SetOpt = None,
     out: OutOpt = Path("runs"),
     name: NameOpt = None,
@@ -206,12 +209,14 @@ def evaluate(
     Example:
 
         cifar2l evaluate runs/20261127-101500-train-default --split test
+
+        cifar2l evaluate runs/20261127-120000-train-best --ensemble
     """
     from .evaluate import run_evaluate
 
     def work():
         sets = list(set_ or []) + ([f"seed={seed}"] if seed is not None else [])
-        return run_evaluate(target, split, sets, out, name)
+        return run_evaluate(target, split, sets, out, name, ensemble)
 
     _execute(work, quiet, as_json)
 

@@ -39,6 +39,7 @@ class DataConfig(_Section):
     val: list[str] | None = ["data_batch_2"]
     test: Literal["test_batch"] | None = "test_batch"
     val_size: int | None = Field(None, ge=1)
+    standardize: Literal["per_feature", "per_channel"] = "per_feature"
 
     @field_validator("train", "val")
     @classmethod
@@ -74,6 +75,8 @@ class OptimConfig(_Section):
     lambda_: float = Field(0.01, alias="lambda", ge=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self):
@@ -88,21 +91,29 @@ class NoiseConfig(_Section):
 
 
 class AugmentConfig(_Section):
+    flip: bool = False
+    translate: int = Field(0, ge=0, le=16)
+    pad: Literal["reflect", "zero"] = "reflect"
+    brightness: float = Field(0.0, ge=0)
+    contrast: float = Field(0.0, ge=0, lt=1)
     noise: NoiseConfig = NoiseConfig()
 
 
 class ScheduleConfig(_Section):
-    kind: Literal["cyclical", "constant"] = "cyclical"
+    kind: Literal["cyclical", "constant", "one_cycle"] = "cyclical"
     eta_min: float = Field(1e-5, gt=0)
     eta_max: float = Field(1e-1, gt=0)
     n_s: int = Field(500, ge=1)
     cycles: int = Field(1, ge=1)
     eta: float = Field(1e-2, gt=0)
     steps: int = Field(1000, ge=1)
+    warmup: float = Field(0.3, ge=0, le=1)
 
     @model_validator(mode="after")
     def _ordered(self):
-        if self.kind == "cyclical" and self.eta_min > self.eta_max:
+        if self.kind == "one_cycle" and self.steps % self.cycles:
+            raise ValueError(f"steps ({self.steps}) must be a multiple of cycles ({self.cycles})")
+        if self.kind != "constant" and self.eta_min > self.eta_max:
             raise ValueError(f"eta_min ({self.eta_min}) must not exceed eta_max ({self.eta_max})")
         return self
 
@@ -112,6 +123,14 @@ class TrainConfig(_Section):
     shuffle: bool = True
     log_every: int | None = Field(None, ge=1)
     checkpoint_every: int | None = Field(None, ge=1)
+    snapshots: list[int] | Literal["cycles"] | None = None
+
+    @field_validator("snapshots")
+    @classmethod
+    def _positive_steps(cls, v):
+        if isinstance(v, list) and (not v or min(v) < 1):
+            raise ValueError("must be 'cycles' or a non-empty list of update steps >= 1")
+        return sorted(set(v)) if isinstance(v, list) else v
 
 
 class GradcheckConfig(_Section):
@@ -173,7 +192,7 @@ DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "choice")
 class SearchConfig(_Section):
     trials: int = Field(16, ge=1)
     seed: int = Field(0, ge=0)  # numpy seeds are non-negative
-    metric: Literal["val_accuracy", "best_val_accuracy"] = "val_accuracy"
+    metric: Literal["val_accuracy", "best_val_accuracy", "ensemble_val_accuracy"] = "val_accuracy"
     space: dict[str, Distribution] = {}
     refine_from: str | None = None
     refine_top: int = Field(2, ge=1)
@@ -246,6 +265,20 @@ class Config(_Section):
     gradcheck: GradcheckConfig = GradcheckConfig()
     search: SearchConfig = SearchConfig()
     lrrange: LRRangeConfig = LRRangeConfig()
+
+    @model_validator(mode="after")
+    def _snapshots_in_run(self):
+        from .schedule import total_steps
+
+        snaps, total = self.train.snapshots, total_steps(self.schedule)
+        if snaps == "cycles" and self.schedule.kind == "constant":
+            raise ValueError("train.snapshots: 'cycles' needs a cyclical or one_cycle schedule")
+        if isinstance(snaps, list) and snaps[-1] > total:
+            raise ValueError(f"train.snapshots: step {snaps[-1]} is after the last update "
+                             f"({total})")  # fmt: skip
+        if self.search.metric == "ensemble_val_accuracy" and not snaps:
+            raise ValueError("search.metric: ensemble_val_accuracy needs train.snapshots")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

@@ -82,31 +82,41 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarr
     return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
 
 
-def score(w: Weights, x, y) -> dict:
-    pred = network.predict(w.params, x)
-    cm = confusion_matrix(y, pred, len(w.classes))
+def score(pred, y, classes: list[str]) -> dict:
+    cm = confusion_matrix(y, pred, len(classes))
     per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
     return {
         "accuracy": float((pred == y).mean()),
-        "per_class_accuracy": {c: float(a) for c, a in zip(w.classes, per_class, strict=True)},
+        "per_class_accuracy": {c: float(a) for c, a in zip(classes, per_class, strict=True)},
         "confusion": cm,
     }
 
 
-def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str | None) -> dict:
+def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str | None,
+                 ensemble: bool = False) -> dict:  # fmt: skip
+    """Score a run's weights on a split; with `ensemble`, the average of its snapshots'
+    softmax outputs instead of its final weights."""
+    from . import ensemble as ens
+
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r}: allowed values: {', '.join(SPLITS)}")
     started = time.perf_counter()
-    w = load_weights(target)
+    paths = ens.run_members(target) if ensemble else []
+    w = load_weights(paths[-1] if paths else target)  # the stored config and standardisation
     cfg, x, y = split_rows(w, overrides, split)
-    result = score(w, x, y)
-    run_name = name or w.path.parent.name
+    probs = ens.average_probabilities(paths, x) if paths else None
+    pred = probs.argmax(axis=1) if paths else network.predict(w.params, x)
+    result = score(pred, y, w.classes)
+    run_name = name or (Path(target) if paths else w.path.parent).name
     with runs.open_run(out, "evaluate", run_name, cfg, config_mod.dump_yaml(cfg), started) as run:
         cm = result.pop("confusion")
         write_confusion_csv(run.path / "confusion.csv", cm, w.classes)
         plots.confusion(cm, w.classes, run.path / "confusion.png", f"{split} split")
         run.summary.update(weights=str(w.path), split=split, **result)
-    console.table(f"{split} accuracy {result['accuracy']:.4f} ({w.path})", ["class", "accuracy"],
+        if paths:
+            run.summary.update(weights=str(target), ensemble=[ens.member_step(p) for p in paths])
+    what = f"snapshot ensemble of {len(paths)} in {target}" if paths else str(w.path)
+    console.table(f"{split} accuracy {result['accuracy']:.4f} ({what})", ["class", "accuracy"],
                   [[c, a] for c, a in result["per_class_accuracy"].items()])  # fmt: skip
     console.log(f"run dir: {run.path}")
     return run.summary

@@ -22,6 +22,13 @@ FUSABLE = ("optim.lambda", "schedule.eta_min", "schedule.eta_max", "init_seed",
            "model.dropout", "optim.momentum")  # fmt: skip
 
 
+def unsupported(cfg) -> list[str]:
+    """Options the fused path does not implement (trials using them train one at a time)."""
+    on = {"optim.label_smoothing": cfg.optim.label_smoothing,
+          "optim.weight_decay": cfg.optim.weight_decay, "train.snapshots": cfg.train.snapshots}
+    return [k for k, v in on.items() if v]
+
+
 def stack(plist: list[dict]) -> dict:
     xp = array_module(plist[0]["W1"])
     return {
@@ -159,13 +166,12 @@ def make_step(fp, cfgs: list, rngs: dict, diverged: dict):
     v = vectors(cfgs)
     t, h, _ = fp["W2"].shape
     etas = [make_schedule(c.schedule) for c in cfgs]
-    noise, nesterov = cfgs[0].augment.noise, cfgs[0].optim.nesterov
+    aug, nesterov = cfgs[0].augment, cfgs[0].optim.nesterov
     velocity = {k: a * 0 for k, a in fp.items()} if v["gamma"].any() else None
     dtype = fp["W1"].dtype
 
     def step(xb, yb, s: int) -> None:
-        if noise.fraction > 0:
-            augment.add_noise(xb, noise.fraction, noise.std, rngs["augment"])
+        augment.apply(xb, aug, rngs["augment"])  # one augmented batch shared by all trials
         mask = dropout_mask((len(xb), t, h), v["dropout"], rngs["dropout"], dtype)
         losses, grads = loss_and_grads(fp, xb, yb, v["lam"].astype(dtype), mask)
         lr = np.array([eta(s) for eta in etas])

@@ -30,16 +30,18 @@ def numerical_grad(cost_fn, array: np.ndarray, idx: tuple, h: float) -> float:
     return (plus - minus) / (2 * h)
 
 
-def compare(params, x, y, lam: float, h: float, coords=None, mask=None) -> dict[str, dict]:
+def compare(params, x, y, lam: float, h: float, coords=None, mask=None,
+            smoothing: float = 0.0) -> dict[str, dict]:  # fmt: skip
     """Per parameter: mean/max abs difference and max relative error over the checked entries.
 
     coords: None for every entry, else {key: list of index tuples}. mask: a fixed, scaled
-    dropout mask (N, H) for the hidden layer, used by both gradients.
+    dropout mask (N, H) for the hidden layer, used by both gradients. smoothing: the loss's
+    label smoothing (optim.label_smoothing).
     """
-    _, _, grads = network.loss_and_grads(params, x, y, lam, mask=mask)
+    _, _, grads = network.loss_and_grads(params, x, y, lam, mask=mask, smoothing=smoothing)
 
     def cost():
-        return network.cost(params, x, y, lam, mask)
+        return network.cost(params, x, y, lam, mask, smoothing)
 
     out = {}
     for key in PARAM_KEYS:
@@ -90,12 +92,12 @@ def check(cfg) -> tuple[list[dict], dict]:
     xf, yf = x[: gc.full_size_samples], y[: gc.full_size_samples]
     keep = rngs["dropout"].random((gc.samples, gc.hidden)) >= gc.dropout
     mask = keep / (1 - gc.dropout)  # one fixed inverted-dropout mask for the dropout path
-    rows = []
+    rows, ls = [], cfg.optim.label_smoothing
     for lam in gc.lambdas:
         for problem, result in (
-            ("reduced", compare(reduced, xr, yr, lam, gc.h)),
-            ("reduced_dropout", compare(reduced, xr, yr, lam, gc.h, mask=mask)),
-            ("full_size", compare(full, xf, yf, lam, gc.h, coords)),
+            ("reduced", compare(reduced, xr, yr, lam, gc.h, smoothing=ls)),
+            ("reduced_dropout", compare(reduced, xr, yr, lam, gc.h, mask=mask, smoothing=ls)),
+            ("full_size", compare(full, xf, yf, lam, gc.h, coords, smoothing=ls)),
         ):
             rows += [{"problem": problem, "lambda": lam, "param": k, **v}
                      for k, v in result.items()]  # fmt: skip

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .parallel import rowwise
+
 PARAM_KEYS = ("W1", "b1", "W2", "b2")
 
 
@@ -39,11 +41,12 @@ def affine_forward(x, w, b):
     return x @ w + b, (x, w)
 
 
-def affine_backward(dout, cache, need_dx: bool = True):
-    """dout (N, M) -> dx (N, D) or None, dw (D, M), db (M,)."""
+def affine_backward(dout, cache, need_dx: bool = True, dw=None):
+    """dout (N, M) -> dx (N, D) or None, dw (D, M), db (M,). `dw`: a buffer to write dw into
+    (a wide layer's weight gradient is too big to allocate at every step)."""
     x, w = cache
     dx = dout @ w.T if need_dx else None
-    return dx, x.T @ dout, dout.sum(axis=0)
+    return dx, array_module(x).matmul(x.T, dout, out=dw), dout.sum(axis=0)
 
 
 def relu_forward(x):
@@ -85,17 +88,23 @@ def softmax(scores):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def softmax_cross_entropy(scores, y):
-    """scores (N, C), y (N,) int -> mean cross-entropy, dscores (N, C)."""
+def softmax_cross_entropy(scores, y, smoothing: float = 0.0):
+    """scores (N, C), y (N,) int -> mean cross-entropy, dscores (N, C).
+
+    With label smoothing e the target is (1 - e) on the label and e / C on every class.
+    """
     xp = array_module(scores)
-    n = scores.shape[0]
+    n, c = scores.shape
     z = scores - scores.max(axis=1, keepdims=True)
     log_z = xp.log(xp.exp(z).sum(axis=1, keepdims=True))
     log_p = z - log_z
     rows = xp.arange(n)
     loss = -log_p[rows, y].mean()
     dscores = xp.exp(log_p)
-    dscores[rows, y] -= 1  # softmax gradient indexed by label: no one-hot matrix
+    if smoothing:
+        loss = (1 - smoothing) * loss - smoothing / c * log_p.sum(axis=1).mean()
+        dscores -= smoothing / c
+    dscores[rows, y] -= 1 - smoothing  # softmax gradient indexed by label: no one-hot matrix
     return loss, dscores / n
 
 
@@ -115,36 +124,45 @@ def l2_penalty(params, lam: float) -> float:
 
 
 def loss_and_grads(params, x, y, lam: float, dropout: float = 0.0, rng=None, mask=None,
-                   with_cost: bool = True):  # fmt: skip
+                   with_cost: bool = True, smoothing: float = 0.0, out=None):  # fmt: skip
     """Mean cross-entropy loss, cost J = loss + L2 penalty, and dJ/dparams (same keys).
 
     With dropout > 0 (or a fixed `mask`), the hidden layer is dropped out as in training.
     with_cost=False skips the penalty's pass over the weights (cost None): a training step
-    needs only the loss and the gradients.
+    needs only the loss and the gradients. `smoothing` is the label smoothing of the loss.
+    `out`: buffers {W1, W2} the weight gradients are written into (and returned).
     """
+    out = out or {}
     s1, c1 = affine_forward(x, params["W1"], params["b1"])
     h, cr = relu_forward(s1)
     hd, cd = dropout_forward(h, dropout, rng, mask)
     scores, c2 = affine_forward(hd, params["W2"], params["b2"])
-    loss, dscores = softmax_cross_entropy(scores, y)
-    dhd, dW2, db2 = affine_backward(dscores, c2)
+    loss, dscores = softmax_cross_entropy(scores, y, smoothing)
+    dhd, dW2, db2 = affine_backward(dscores, c2, dw=out.get("W2"))
     dh = dropout_backward(dhd, cd)
-    _, dW1, db1 = affine_backward(relu_backward(dh, cr), c1, need_dx=False)
+    _, dW1, db1 = affine_backward(relu_backward(dh, cr), c1, need_dx=False, dw=out.get("W1"))
     if lam:
-        dW1 += (2 * lam) * params["W1"]
-        dW2 += (2 * lam) * params["W2"]
+        rowwise(_add_l2(2 * lam), dW1, params["W1"])
+        rowwise(_add_l2(2 * lam), dW2, params["W2"])
     grads = {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
     loss = float(loss)
     return loss, (loss + l2_penalty(params, lam)) if with_cost else None, grads
 
 
-def cost(params, x, y, lam: float, mask=None) -> float:
+def _add_l2(scale: float):
+    def add(dw, w):
+        dw += scale * w
+
+    return add
+
+
+def cost(params, x, y, lam: float, mask=None, smoothing: float = 0.0) -> float:
     """J = mean cross-entropy + L2 penalty by a forward pass only (what the gradient check
     differentiates numerically); `mask` applies a fixed dropout mask to the hidden layer."""
     h, _ = relu_forward(x @ params["W1"] + params["b1"])
     hd, _ = dropout_forward(h, 0.0, mask=mask)
     scores = hd @ params["W2"] + params["b2"]
-    loss, _ = softmax_cross_entropy(scores, y)
+    loss, _ = softmax_cross_entropy(scores, y, smoothing)
     return float(loss) + l2_penalty(params, lam)
 
 
@@ -162,6 +180,13 @@ def evaluate(params, x, y, lam: float, chunk: int = 10000) -> dict:
         correct += int((scores.argmax(axis=1) == yb).sum())
     loss = total_nll / n
     return {"loss": loss, "cost": loss + l2_penalty(params, lam), "accuracy": correct / n}
+
+
+def probabilities(params, x, chunk: int = 10000):
+    """x (N, D) -> softmax outputs (N, C), computed in chunks of rows."""
+    xp = array_module(x)
+    starts = range(0, x.shape[0], chunk)
+    return xp.concatenate([softmax(forward(params, x[s : s + chunk])) for s in starts])
 
 
 def predict(params, x, chunk: int = 10000):

@@ -1,12 +1,21 @@
-"""Optimizer updates, kept apart from the gradient so gradients can be checked on their own."""
+"""Optimizer updates, kept apart from the gradient so gradients can be checked on their own.
+
+Every update is element-wise; `parallel.rowwise` spreads it over the cores for wide layers
+(bitwise the same result as one call).
+"""
 
 from __future__ import annotations
+
+from .parallel import rowwise
 
 
 def sgd_update(params: dict, grads: dict, lr: float) -> None:
     """Vanilla mini-batch gradient descent, in place: p -= lr * dp."""
+    def step(p, g):
+        p -= lr * g
+
     for key, g in grads.items():
-        params[key] -= lr * g
+        rowwise(step, params[key], g)
 
 
 def init_velocity(params: dict) -> dict:
@@ -20,19 +29,34 @@ def momentum_update(params: dict, grads: dict, lr: float, velocity: dict, gamma:
 
     Nesterov: p -= gamma v + lr g, with v updated as above (the look-ahead step).
     """
-    for key, g in grads.items():
-        v = velocity[key]
+    def step(p, g, v):
         v *= gamma
         v += lr * g
         if nesterov:
-            params[key] -= gamma * v + lr * g
+            p -= gamma * v + lr * g
         else:
-            params[key] -= v
+            p -= v
+
+    for key, g in grads.items():
+        rowwise(step, params[key], g, velocity[key])
+
+
+def decay_weights(params: dict, factor: float) -> None:
+    """Decoupled weight decay (Loshchilov & Hutter 2019): W -= factor * W for the weight
+    matrices (not the biases), apart from the gradient and the momentum buffer."""
+    def shrink(p):
+        p -= factor * p
+
+    for key in ("W1", "W2"):
+        rowwise(shrink, params[key])
 
 
 def update(params: dict, grads: dict, lr: float, velocity: dict | None, gamma: float,
-           nesterov: bool) -> None:  # fmt: skip
-    """The configured optimizer: plain SGD when there is no momentum buffer."""
+           nesterov: bool, weight_decay: float = 0.0) -> None:  # fmt: skip
+    """The configured optimizer: plain SGD when there is no momentum buffer. Decoupled weight
+    decay shrinks the weights by lr * weight_decay first (it follows the rate schedule)."""
+    if weight_decay:
+        decay_weights(params, lr * weight_decay)
     if velocity is None:
         sgd_update(params, grads, lr)
     else:

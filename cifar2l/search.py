@@ -235,7 +235,9 @@ def fuse_groups(trials: list[dict], base: dict) -> list[list[dict]]:
         return [[t] for t in trials]
     by_key: dict[str, list[dict]] = {}
     for t in trials:
-        by_key.setdefault(fuse_key(base, t), []).append(t)
+        cfg = config_mod.validate(trial_raw(base, t["params"], t["init_seed"]), "search")
+        alone = f"alone-{t['index']}" if fused.unsupported(cfg) else None
+        by_key.setdefault(alone or fuse_key(base, t), []).append(t)
     size = search["fuse_max"]
     groups = [g[i : i + size] for g in by_key.values() for i in range(0, len(g), size)]
     return sorted(groups, key=lambda g: g[0]["index"])
@@ -393,14 +395,16 @@ def trial_row(path: Path, trial: dict) -> dict:
     return {
         "trial": trial["index"], "params": trial["params"], "init_seed": trial["init_seed"],
         "val_accuracy": acc.get("val"), "best_val_accuracy": s.get("best_val_accuracy"),
+        "ensemble_val_accuracy": s.get("ensemble", {}).get("accuracy", {}).get("val"),
         "train_accuracy": acc.get("train"), "status": s.get("status", "pending"),
         "seconds": s.get("seconds"), "error": s.get("error", ""),
     }  # fmt: skip
 
 
 def result_columns(space_keys: list[str]) -> list[str]:
-    return ["rank", "trial", *space_keys, "val_accuracy", "best_val_accuracy", "train_accuracy",
-            "status", "seconds", "init_seed", "error"]  # fmt: skip
+    return ["rank", "trial", *space_keys, "val_accuracy", "best_val_accuracy",
+            "ensemble_val_accuracy", "train_accuracy", "status", "seconds", "init_seed",
+            "error"]  # fmt: skip
 
 
 def write_results(path: Path, rows: list[dict], keys: list[str]) -> None:

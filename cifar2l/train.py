@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import augment, checkpoint, console, data, network, optim, plots, runs
+from . import augment, checkpoint, console, data, ensemble, network, optim, plots, runs
 from .data import Split
 from .errors import ConfigError, DivergedError, RunError
 from .evaluate import save_weights
 from .rngs import make_rngs
-from .schedule import default_log_every, make_schedule, total_steps
+from .schedule import cycle_length, default_log_every, make_schedule, total_steps
 
 # A mean cross-entropy this large means logits of that size: training has blown up (it starts
 # near ln 10 = 2.3), even while the numbers are still finite.
@@ -68,18 +68,20 @@ def make_step(params: dict, cfg, rngs: dict, velocity: dict | None = None,
     resumed run passes its saved ones). Raises DivergedError on a non-finite loss or one above
     `exploded`.
     """
-    o, noise = cfg.optim, cfg.augment.noise
+    o = cfg.optim
     if velocity is None and o.momentum > 0:
         velocity = optim.init_velocity(params)
+    xp = network.array_module(params["W1"])
+    buffers = {k: xp.empty_like(params[k]) for k in ("W1", "W2")}  # reused gradient storage
 
     def step(xb, yb, lr: float, t: int) -> float:
-        if noise.fraction > 0:
-            augment.add_noise(xb, noise.fraction, noise.std, rngs["augment"])
-        loss, _, grads = network.loss_and_grads(params, xb, yb, o.lambda_, cfg.model.dropout,
-                                                rngs["dropout"], with_cost=False)  # fmt: skip
+        augment.apply(xb, cfg.augment, rngs["augment"])
+        loss, _, grads = network.loss_and_grads(
+            params, xb, yb, o.lambda_, cfg.model.dropout, rngs["dropout"], with_cost=False,
+            smoothing=o.label_smoothing, out=buffers)  # fmt: skip
         if not loss < exploded:  # nan compares false too
             raise DivergedError(f"training diverged at step {t} (lr={lr:.6g}, loss {loss:.4g})")
-        optim.update(params, grads, lr, velocity, o.momentum, o.nesterov)
+        optim.update(params, grads, lr, velocity, o.momentum, o.nesterov, o.weight_decay)
         return loss
 
     step.velocity = velocity
@@ -228,7 +230,8 @@ def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None,
         timing.append({"step": row["step"], "seconds": round(seconds, 3)})
         console.log(format_row(row, seconds))
 
-    boundary = checkpointer(run, cfg, params, rngs, timing, clock)
+    boundary = checkpointer(run, cfg, params, rngs, timing, clock,
+                            snapshotter(run, cfg, params, prep, config_text, clock))  # fmt: skip
     try:
         with console.progress_bar("train", total=total - (resume.step if resume else 0)) as adv:
             # A diverging run overflows on its way to the non-finite loss that stops it: that is
@@ -245,12 +248,27 @@ def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None,
     return final
 
 
-def checkpointer(run, cfg, params, rngs, timing, clock):
-    """The boundary callback: save a checkpoint when one is due; stop on a pending signal."""
+def snapshotter(run, cfg, params, prep, config_text: str, clock):
+    """snap(t): keep the weights after update t when t is a snapshot step."""
+    steps = set(ensemble.snapshot_steps(cfg))
+
+    def snap(t: int) -> None:
+        if t in steps:
+            with clock("io"):
+                ensemble.save_snapshot(run.path, t, params, prep, config_text)
+
+    return snap
+
+
+def checkpointer(run, cfg, params, rngs, timing, clock, snap=None):
+    """The boundary callback: keep a snapshot when one is due, save a checkpoint when one is
+    due; stop on a pending signal."""
     every = cfg.train.checkpoint_every
-    cycle = 2 * cfg.schedule.n_s if cfg.schedule.kind == "cyclical" else None
+    cycle = cycle_length(cfg.schedule)
 
     def boundary(t, order, step, rows):
+        if snap:
+            snap(t)  # before the checkpoint: a run resumed from it has all earlier snapshots
         signum = checkpoint.pending()
         if not (signum or (every and t % every == 0) or (cycle and t % cycle == 0)):
             return
@@ -276,6 +294,11 @@ def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock
         save_weights(run.path / "weights.npz", params, prep.mean, prep.std, prep.classes,
                      config_text)  # fmt: skip
         plots.training_plots(rows, make_schedule(cfg.schedule), total, run.path)
+        if total in ensemble.snapshot_steps(cfg):
+            ensemble.save_snapshot(run.path, total, params, prep, config_text)
+    if ensemble.snapshot_steps(cfg):
+        with clock("eval"):
+            run.summary["ensemble"] = ensemble_summary(run.path, prep)
     run.summary.update(
         timing={k: clock.rounded().get(k, 0.0) for k in ("train", "eval", "io")},
         steps=total,
@@ -284,6 +307,15 @@ def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock
         **{m: {k: v[m] for k, v in final.items()} for m in ("accuracy", "loss", "cost")},
     )
     return final
+
+
+def ensemble_summary(run_path: Path, prep) -> dict:
+    """The snapshot ensemble's members (steps) and accuracy on every split."""
+    paths = ensemble.members(run_path)
+    splits = {"train": prep.train, "val": prep.val, "test": prep.test}
+    splits = {k: v for k, v in splits.items() if v is not None}
+    return {"members": [ensemble.member_step(p) for p in paths],
+            "accuracy": ensemble.ensemble_accuracy(paths, splits)}  # fmt: skip
 
 
 def split_sizes(prep) -> dict:
@@ -302,9 +334,18 @@ def run_train(cfg, config_text: str, config_path: str, out, name: str) -> dict:
         console.log(f"run dir: {run.path}  data: {prep.source} ({prep.format}), "
                     f"train/val/test {sizes}")  # fmt: skip
         final = train_run(run, cfg, prep, config_text, clock)
+    print_final(final, run.summary)
+    return run.summary
+
+
+def print_final(final: dict, summary: dict) -> None:
     console.table("final metrics", ["split", "loss", "cost", "accuracy"],
                   [[k, v["loss"], v["cost"], v["accuracy"]] for k, v in final.items()])
-    return run.summary
+    if "ensemble" in summary:
+        ens = summary["ensemble"]
+        console.table(f"snapshot ensemble of {len(ens['members'])} (steps "
+                      f"{', '.join(map(str, ens['members']))})", ["split", "accuracy"],
+                      [[k, v] for k, v in ens["accuracy"].items()])  # fmt: skip
 
 
 def run_repeat(cfg, config_text: str, config_path: str, out, name: str, repeat: int) -> dict:
@@ -318,6 +359,10 @@ def run_repeat(cfg, config_text: str, config_path: str, out, name: str, repeat: 
     from .search import init_seeds
 
     started, clock = time.perf_counter(), runs.Clock()
+    if fused.unsupported(cfg):
+        raise ConfigError(f"{config_path}: --repeat trains the repeats fused, which does not "
+                          f"support {', '.join(fused.unsupported(cfg))}; run them one by one "
+                          "with --seed")  # fmt: skip
     with clock("io"):
         prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
     check_batch_size(cfg, prep, config_path)
@@ -378,8 +423,7 @@ def run_resume(run_dir: Path, out=None) -> dict:
         run.summary["resumed_from_step"] = state.step if state else 0
         console.log(f"run dir: {run.path}  resuming at update {state.step if state else 0}")
         final = train_run(run, cfg, prep, text, clock, resume=state)
-    console.table("final metrics", ["split", "loss", "cost", "accuracy"],
-                  [[k, v["loss"], v["cost"], v["accuracy"]] for k, v in final.items()])
+    print_final(final, run.summary)
     return run.summary
 
 
