@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RUNS   ?= runs
 
-.PHONY: setup train test table1 table2 table3 final lrrange bonus table4 bench lint clean
+.PHONY: setup train test table1 table2 table3 final lrrange bonus table4 best report bench lint clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,13 @@ bonus: $(STAMP)
 
 table4: $(STAMP)
 	$(BIN)/python -m cifar2l.tables table4 --out $(RUNS)
+
+best: $(STAMP)
+	$(BIN)/python -m cifar2l.tables best --out $(RUNS)
+
+# Runs every item that has no finished run under $(RUNS) yet, then writes report/.
+report: $(STAMP)
+	$(BIN)/python -m cifar2l.tables report --out $(RUNS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

@@ -60,8 +60,8 @@ def eval_products(n: int, d: int, h: int, c: int, dtype, chunk: int = 10000) -> 
     return one * n / min(n, chunk)
 
 
-def training_loop(config: Path) -> dict:
-    cfg = load_config(config)
+def training_loop(config: Path, overrides: tuple[str, ...] = ()) -> dict:
+    cfg = load_config(config, list(overrides))
     rngs = make_rngs(cfg.seed)
     prep = data.prepare(cfg.data, cfg.dtype, rngs["split"])
     steps = total_steps(cfg.schedule)
@@ -75,7 +75,7 @@ def training_loop(config: Path) -> dict:
     ev_bound = eval_products(len(prep.train.y), d, cfg.model.hidden, 10, cfg.dtype)
     ev = best_of(lambda: network.evaluate(params, prep.train.x, prep.train.y, 0.01), 3)
     return {
-        "config": config.name, "steps": steps, "batch": n, "hidden": cfg.model.hidden,
+        "config": " ".join([config.name, *overrides]), "steps": steps, "batch": n, "hidden": cfg.model.hidden,
         "train_s": clock.seconds["train"], "images_per_s": steps * n / clock.seconds["train"],
         "gemm_bound_s": bound, "ratio": clock.seconds["train"] / bound,
         "eval_rows": len(prep.train.y), "eval_s": ev, "eval_bound_s": ev_bound,
@@ -220,7 +220,8 @@ def main() -> int:
         r = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
              "data": data_load(),
              "loops": [training_loop(CONFIGS / "default.yaml"),
-                       training_loop(CONFIGS / "table4-140.yaml")],
+                       training_loop(CONFIGS / "table4-140.yaml"),
+                       training_loop(CONFIGS / "best.yaml", ("schedule.steps=300", "train.snapshots=null"))],
              "whole": whole_process(out), "memory_45k_mb": memory_45k(out),
              "fused": fused_search(out)}  # fmt: skip
     here = Path(__file__).resolve().parent

@@ -61,7 +61,7 @@ def _execute(work, quiet: bool, as_json: bool) -> None:
     """Run `work()` -> summary; map errors to one line and an exit code."""
     from .checkpoint import Interrupted, install_handlers
 
-    console.set_quiet(quiet or as_json)
+    console.set_quiet(quiet or as_json, keep_bars=as_json and not quiet)
     install_handlers()
     try:
         summary = work()
@@ -288,3 +288,27 @@ def search(
 
 def main() -> None:
     app()
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="Finished run directories whose configs carry an expected: block.",
+        show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Where REPORT.md, report.html and the "
+                                                    "figures go.")] = Path("report"),
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Compare runs with the study: REPORT.md and a self-contained report.html.
+
+    Each run's config names the study's item and numbers (`expected:`); rows that miss by more
+    than the tolerance are marked. `make report` runs what is missing first.
+
+    Example:
+
+        cifar2l report runs/*-train-default runs/*-train-cycles3 --out report
+    """
+    from .report import run_report
+
+    _execute(lambda: run_report(run_dirs, out), quiet, as_json)

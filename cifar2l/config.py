@@ -9,8 +9,9 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import types
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -219,7 +220,7 @@ class SearchConfig(_Section):
 
 
 def _is_leaf(parts: list[str]) -> bool:
-    if parts[0] in ("search", "extends"):
+    if parts[0] in ("search", "extends", "expected"):
         return False
     model: Any = Config
     for part in parts:
@@ -252,6 +253,33 @@ class LRRangeConfig(_Section):
         return self
 
 
+Split = Literal["train", "val", "test"]
+
+
+class ExpectedConfig(_Section):
+    """The study's numbers for the item a config reproduces (read by `cifar2l report` only)."""
+
+    item: str                                   # e.g. "Table 2: n_s=500, 1 cycle"
+    source: str = ""                            # where the study's numbers come from
+    accuracy: dict[Split, float] = {}           # the study's accuracies
+    minimum: dict[Split, float] = {}            # targets ours must reach (no study number)
+    ensemble_minimum: dict[Split, float] = {}   # the same for the snapshot ensemble
+    top: list[list[float]] = []                 # search: [lambda, val accuracy], best first
+    eta_min: float | None = Field(None, gt=0)   # LR range test picks
+    eta_max: float | None = Field(None, gt=0)
+    max_rel_error: float | None = Field(None, gt=0)  # gradient check: the largest allowed
+    tolerance: float = Field(0.015, gt=0)       # absolute accuracy difference allowed
+    lr_factor: float = Field(3.0, gt=1)         # LR picks: allowed ratio either way
+    note: str = ""                              # why a row misses its expected value
+
+    @field_validator("top")
+    @classmethod
+    def _pairs(cls, v):
+        if any(len(p) != 2 for p in v):
+            raise ValueError("each entry must be [lambda, val_accuracy]")
+        return v
+
+
 class Config(_Section):
     seed: int = Field(42, ge=0)  # numpy seeds are non-negative
     init_seed: int | None = Field(None, ge=0)
@@ -265,6 +293,7 @@ class Config(_Section):
     gradcheck: GradcheckConfig = GradcheckConfig()
     search: SearchConfig = SearchConfig()
     lrrange: LRRangeConfig = LRRangeConfig()
+    expected: ExpectedConfig | None = None
 
     @model_validator(mode="after")
     def _snapshots_in_run(self):
@@ -387,6 +416,8 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         if not parent_path.is_file():
             raise ConfigError(f"{path}: extends: parent config {parent_path} not found")
         merged = deep_merge(merged, load_raw(parent_path, (*_chain, real)))
+    if "expected" in doc:  # a config's study numbers are its own: never merged with a parent's
+        merged.pop("expected", None)
     return deep_merge(merged, doc)
 
 
@@ -478,6 +509,9 @@ def _allowed_keys(section: list[str]) -> list[str]:
             model = get_args(model)[1]
         else:
             model = model.model_fields[part].annotation
+        if get_origin(model) in (Union, types.UnionType):  # Optional section: its model
+            model = next(a for a in get_args(model) if isinstance(a, type)
+                         and issubclass(a, BaseModel))  # fmt: skip
     return [f.alias or name for name, f in model.model_fields.items()]
 
 

@@ -24,28 +24,29 @@ _WIDTH = None if sys.stdout.isatty() else 160
 stdout = Console(soft_wrap=True, width=_WIDTH)
 stderr = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 _quiet = False
+_keep_bars = False  # --json: stdout holds the JSON, but a terminal still sees progress
 
 
-def set_quiet(value: bool) -> None:
-    global _quiet
-    _quiet = value
+def set_quiet(value: bool, keep_bars: bool = False) -> None:
+    global _quiet, _keep_bars
+    _quiet, _keep_bars = value, keep_bars
 
 
 @contextlib.contextmanager
 def quiet():
     """Silence rows, tables and bars for a while (e.g. inside a search trial)."""
-    global _quiet
-    before, _quiet = _quiet, True
+    global _quiet, _keep_bars
+    before, _quiet, _keep_bars = (_quiet, _keep_bars), True, False
     try:
         yield
     finally:
-        _quiet = before
+        _quiet, _keep_bars = before
 
 
 @contextlib.contextmanager
 def progress_bar(label: str, total: int | None, unit: str = ""):
     """Yield `advance(n)`; shows a bar only on an interactive terminal and when not quiet."""
-    if _quiet or not stderr.is_terminal:
+    if (_quiet and not _keep_bars) or not stderr.is_terminal:
         yield lambda n=1: None
         return
     columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn()]

@@ -330,7 +330,9 @@ def trial_line(path: Path, trial: dict, status: str) -> str:
     vals = " ".join(f"{k}={fmt_value(v)}" for k, v in trial["params"].items())
     if status != "completed":
         return f"trial {trial['index']:03d} {vals}: {status}: {s.get('error', '')}"
-    return (f"trial {trial['index']:03d} {vals}: val_accuracy={s['accuracy']['val']:.4f} "
+    ens = s.get("ensemble", {}).get("accuracy", {}).get("val")
+    ens = "" if ens is None else f" ensemble_val_accuracy={ens:.4f}"
+    return (f"trial {trial['index']:03d} {vals}: val_accuracy={s['accuracy']['val']:.4f}{ens} "
             f"({s['seconds']:.1f} s)")  # fmt: skip
 
 
@@ -464,11 +466,13 @@ def best_yaml_header(path: Path, best: dict, search: dict) -> str:
 
 def print_top(result: dict, k: int, title: str) -> None:
     keys = result["keys"]
-    rows = [[r["rank"], r["trial"], *[r["params"][key] for key in keys], r["val_accuracy"],
-             r["best_val_accuracy"], r["train_accuracy"]]
-            for r in result["rows"][:k] if r["status"] == "completed"]  # fmt: skip
-    console.table(title, ["rank", "trial", *keys, "val_accuracy", "best_val_accuracy",
-                          "train_accuracy"], rows)  # fmt: skip
+    done = [r for r in result["rows"][:k] if r["status"] == "completed"]
+    metrics = ["val_accuracy", "best_val_accuracy", "train_accuracy"]
+    if any(r["ensemble_val_accuracy"] is not None for r in done):
+        metrics.insert(2, "ensemble_val_accuracy")
+    rows = [[r["rank"], r["trial"], *[r["params"][key] for key in keys], *[r[m] for m in metrics]]
+            for r in done]  # fmt: skip
+    console.table(title, ["rank", "trial", *keys, *metrics], rows)
 
 
 # ---------------------------------------------------------------- the `search` command

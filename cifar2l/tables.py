@@ -4,7 +4,8 @@ print our numbers beside the study's.
 Each run is an ordinary `cifar2l` process, so its run directory (command.txt included) is exactly
 what the user would get by typing the command.
 
-Usage: python -m cifar2l.tables {table2|table3|final|lrrange|bonus|table4} [--out DIR] [--jobs N]
+Usage: python -m cifar2l.tables {table2|table3|final|lrrange|bonus|table4|best|report} [--out DIR]
+       [--jobs N]
 """
 
 from __future__ import annotations
@@ -120,6 +121,24 @@ def table4(out: Path, jobs: int) -> None:
     accuracy_table("Table 4: improvements combined, ours vs the study", TABLE4, out)
 
 
+# The study's best network (Table 4, 140 hidden units), and the published one-hidden-layer
+# networks trained from scratch on CIFAR-10 as issue 7 summarises them (test accuracy).
+STUDY_BEST_TEST = 0.5567
+PUBLISHED_FROM_SCRATCH = "about 0.55-0.58 (about 0.59 for an ensemble selected on the test set)"
+
+
+def best(out: Path, jobs: int) -> None:
+    """`make best`: train configs/best.yaml; the single network and its snapshot ensemble."""
+    s = cifar2l("train", str(CONFIGS / "best.yaml"), "--out", str(out))
+    ens = s["ensemble"]
+    rows = [[split, s["accuracy"][split], ens["accuracy"][split]] for split in s["accuracy"]]
+    console.table(f"Beyond the study: configs/best.yaml ({s['run_dir']}, {s['seconds'] / 60:.1f} "
+                  f"min)", ["split", "single network", f"snapshot ensemble of "
+                  f"{len(ens['members'])}"], rows)  # fmt: skip
+    console.log(f"test accuracy: the study's best {STUDY_BEST_TEST}; published one-hidden-layer "
+                f"networks trained from scratch: {PUBLISHED_FROM_SCRATCH}")  # fmt: skip
+
+
 def lrrange(out: Path, jobs: int) -> None:
     rows = []
     for stem, (lo, hi) in LRRANGE.items():
@@ -131,12 +150,51 @@ def lrrange(out: Path, jobs: int) -> None:
                    "eta_max (study)", "run dir (lrrange.png)"], rows)  # fmt: skip
 
 
+# Every item of the report: (command, config stem). Order matters: the fine search refines the
+# coarse one.
+REPORT_ITEMS = [("gradcheck", "gradcheck"), ("train", "default"), ("train", "cycles3"),
+                ("search", "search-coarse"), ("search", "search-fine"), ("train", "final"),
+                ("train", "final-3cycles"), ("lrrange", "lrrange-80"), ("lrrange", "lrrange-40"),
+                ("train", "model-80"), ("train", "model-40"), ("train", "table4-120"),
+                ("train", "table4-140"), ("train", "best")]  # fmt: skip
+
+
+def finished_run(out: Path, command: str, stem: str) -> Path | None:
+    """The newest completed run of `cifar2l COMMAND configs/STEM.yaml` under `out`."""
+    for run in sorted(out.glob(f"*-{command}-{stem}"), reverse=True):
+        try:
+            if json.loads((run / "summary.json").read_text()).get("status") == "completed":
+                return run
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def report(out: Path, jobs: int) -> None:
+    """`make report`: run every item without a finished run (reusing the others), then report."""
+    dirs: dict[str, Path] = {}
+    for command, stem in REPORT_ITEMS:
+        run = finished_run(out, command, stem)
+        if run is None:
+            args = [command, str(CONFIGS / f"{stem}.yaml"), "--out", str(out)]
+            if command == "search":
+                args += ["--jobs", str(jobs)]
+            if stem == "search-fine":
+                args += ["--refine", str(dirs["search-coarse"])]
+            run = Path(cifar2l(*args)["run_dir"])
+        else:
+            console.log(f"reusing {run} for {command} {stem}.yaml")
+        dirs[stem] = run
+    subprocess.run([sys.executable, "-m", "cifar2l", "report", *map(str, dirs.values()),
+                    "--out", "report"], check=True)  # fmt: skip
+
+
 def main(argv: list[str]) -> int:
     target = argv[0] if argv else "table2"
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path("runs")
     jobs = int(argv[argv.index("--jobs") + 1]) if "--jobs" in argv else (os.cpu_count() or 1)
     targets = {"table2": table2, "table3": table3, "final": final, "lrrange": lrrange,
-               "bonus": bonus, "table4": table4}  # fmt: skip
+               "bonus": bonus, "table4": table4, "best": best, "report": report}  # fmt: skip
     targets[target](out, jobs)
     return 0
 

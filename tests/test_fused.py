@@ -95,9 +95,9 @@ def test_fused_evaluate_equals_network_evaluate():
         assert m["cost"] == pytest.approx(alone["cost"], rel=1e-10)
 
 
-def configs(official_dir, *updates):
+def configs(official_dir, *updates, extra=()):
     base = load_config(SMOKE, [f"data.root={official_dir}", "dtype=float64",
-                               "augment.noise.fraction=0.3"])  # fmt: skip
+                               "augment.noise.fraction=0.3", *extra])  # fmt: skip
     out = []
     for lam, eta_max, dropout, seed in updates:
         out.append(base.model_copy(update={
@@ -108,8 +108,14 @@ def configs(official_dir, *updates):
     return out
 
 
-def test_train_group_equals_each_trial_trained_alone(official_dir):
-    cfgs = configs(official_dir, (0.01, 0.1, 0.0, 1), (0.001, 0.05, 0.3, 2), (0.1, 0.08, 0.0, 3))
+BEYOND = ("augment.flip=true", "augment.translate=2", "augment.brightness=0.1",
+          "schedule.kind=one_cycle", "schedule.steps=20", "data.standardize=per_channel")
+
+
+@pytest.mark.parametrize("extra", [(), BEYOND], ids=["study", "beyond"])
+def test_train_group_equals_each_trial_trained_alone(official_dir, extra):
+    cfgs = configs(official_dir, (0.01, 0.1, 0.0, 1), (0.001, 0.05, 0.3, 2), (0.1, 0.08, 0.0, 3),
+                   extra=extra)  # fmt: skip
     prep = data.prepare(cfgs[0].data, "float64", make_rngs(cfgs[0].seed)["split"])
     plist, rows, diverged = fused.train_group(cfgs, prep)
     assert diverged == {}

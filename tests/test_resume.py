@@ -201,3 +201,34 @@ def test_interrupted_fused_group_resumes_each_trial_from_its_checkpoint(tmp_path
         assert s["status"] == "completed" and s["resumed_from_step"] == 17
         for split in ("train", "val", "test"):  # resumed alone: equal up to rounding
             assert abs(s["accuracy"][split] - ref["accuracy"][split]) <= 0.002
+
+
+@pytest.mark.parametrize("stop_at", [5, 30])
+def test_resume_keeps_snapshots_and_the_new_options_exact(tmp_path, official_dir, monkeypatch,
+                                                          stop_at):  # fmt: skip
+    beyond = [str(SMOKE), "--set", f"data.root={official_dir}", "--set", "schedule.kind=one_cycle",
+              "--set", "schedule.steps=40", "--set", "schedule.cycles=2", "--set",
+              "train.snapshots=cycles", "--set", "augment.flip=true", "--set",
+              "augment.translate=2", "--set", "augment.contrast=0.2", "--set",
+              "optim.label_smoothing=0.1", "--set", "optim.weight_decay=0.01", "--set",
+              "optim.momentum=0.9", "--set", "optim.nesterov=true", "--set",
+              "schedule.eta_max=0.01", "-q"]  # fmt: skip
+    ref = json.loads(ok("train", *beyond, "--out", tmp_path / "ref", "--json").stdout)
+    calls = {"n": 0}
+
+    def fake_pending():
+        calls["n"] += 1
+        return signal.SIGTERM if calls["n"] == stop_at else None
+
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "pending", fake_pending)
+        m.setattr(checkpoint, "take_pending", lambda: signal.SIGTERM)
+        assert invoke("train", *beyond, "--out", tmp_path / "runs").exit_code == 143
+    run = only_run(tmp_path / "runs")
+    resumed = json.loads(ok("train", "--resume", run, "--json").stdout)
+    same_outputs(run, Path(ref["run_dir"]))
+    assert resumed["ensemble"] == ref["ensemble"] and resumed["ensemble"]["members"] == [20, 40]
+    for step in (20, 40):
+        name = f"snapshots/step-{step:06d}.npz"
+        with np.load(run / name) as a, np.load(Path(ref["run_dir"]) / name) as b:
+            np.testing.assert_array_equal(a["W1"], b["W1"])
