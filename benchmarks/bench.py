@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar2l import data, network, runs
+from cifar2l import data, machine, network, runs, threads
 from cifar2l.config import load_config
 from cifar2l.rngs import make_rngs
 from cifar2l.schedule import total_steps
@@ -156,12 +155,28 @@ def fused_search(out: str) -> dict:
     return res
 
 
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.processor())  # fmt: skip
-    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"numpy {np.__version__} ({blas.get('name')} {blas.get('version')})")
+BUSY = "while True: pass"  # one busy CPU: what other users' jobs do to a shared machine
+
+
+def loaded_machine(out: str) -> dict:
+    """Training-loop seconds of the whole default run with 1 and with all BLAS threads, on the
+    idle machine and beside 1x and 2x as many busy processes as there are CPUs."""
+    cpus = threads.available_cpus()[0]
+    res = {"cpus": cpus, "rows": []}
+    for busy in (0, cpus, 2 * cpus):
+        procs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(busy)]
+        try:
+            time.sleep(1.0 if busy else 0.0)  # let the scheduler see them
+            for n in sorted({1, cpus}):
+                cmd = cli("train", str(CONFIGS / "default.yaml"), "--out", out, "--threads", str(n))
+                wall, _, stdout = child_rusage(cmd)
+                res["rows"].append({"busy": busy, "threads": n, "wall_s": wall,
+                                    "train_s": json.loads(stdout)["timing"]["train"]})
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+    return res
 
 
 def report(r: dict) -> str:
@@ -209,7 +224,17 @@ all rows). Ratio = measured / bound.
 
 Fused is **{fs['speedup']:.2f}x** faster; the largest difference in a trial's final validation
 accuracy between the two is {fs['max_val_diff']:.4f}.
+
+{loaded_table(r['loaded'])}
 """
+
+
+def loaded_table(ld: dict) -> str:
+    rows = "\n".join(f"| {x['busy']} | {x['threads']} | {x['train_s']:.2f} s | {x['wall_s']:.2f} s |"
+                     for x in ld["rows"])
+    return f"""| `cifar2l train configs/default.yaml` beside busy processes ({ld['cpus']} CPUs) | BLAS threads | training loop | whole process |
+|---|---|---|---|
+{rows}"""
 
 
 def main() -> int:
@@ -217,13 +242,15 @@ def main() -> int:
         print("Error: benchmarks need CIFAR2L_DATA (a CIFAR-10 source)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as out:
-        r = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"),
+        facts = machine.describe()
+        r = {"machine": machine.one_line(facts), "machine_facts": facts,
+             "date": time.strftime("%Y-%m-%d %H:%M"),
              "data": data_load(),
              "loops": [training_loop(CONFIGS / "default.yaml"),
                        training_loop(CONFIGS / "table4-140.yaml"),
                        training_loop(CONFIGS / "best.yaml", ("schedule.steps=300", "train.snapshots=null"))],
              "whole": whole_process(out), "memory_45k_mb": memory_45k(out),
-             "fused": fused_search(out)}  # fmt: skip
+             "fused": fused_search(out), "loaded": loaded_machine(out)}  # fmt: skip
     here = Path(__file__).resolve().parent
     (here / "results.json").write_text(json.dumps(r, indent=2) + "\n")
     (here / "results.md").write_text(report(r))

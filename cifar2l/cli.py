@@ -39,6 +39,9 @@ NameOpt = Annotated[
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override the config's seed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or tables.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only the summary JSON on stdout.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", metavar="N", help=(
+    "BLAS and element-wise threads (default: CIFAR2L_THREADS, else the CPUs this process may "
+    "use: affinity, cgroup quota, SLURM_CPUS_PER_TASK)."), show_default=False)]
 
 
 def _version(value: bool):
@@ -57,14 +60,15 @@ def _root(
     """Reproducible experiments with a from-scratch NumPy two-layer network on CIFAR-10."""
 
 
-def _execute(work, quiet: bool, as_json: bool) -> None:
-    """Run `work()` -> summary; map errors to one line and an exit code."""
+def _execute(work, quiet: bool, as_json: bool, n_threads: int | None = None) -> None:
+    """Run `work()` -> summary with the chosen thread count; map errors to one line and an
+    exit code."""
     from .checkpoint import Interrupted, install_handlers
 
     console.set_quiet(quiet or as_json, keep_bars=as_json and not quiet)
     install_handlers()
     try:
-        summary = work()
+        summary = _with_threads(work, n_threads)
     except Cifar2lError as e:
         console.error(str(e))
         raise typer.Exit(e.exit_code) from None
@@ -83,6 +87,17 @@ def _execute(work, quiet: bool, as_json: bool) -> None:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
     if summary.get("passed") is False:
         raise typer.Exit(1)
+
+
+def _with_threads(work, n_threads: int | None):
+    from . import threads
+
+    choice = threads.choose(n_threads)
+    warning = threads.load_warning(choice)
+    if warning and console.stderr.is_terminal:  # a hint for a person at a terminal; the load
+        console.warn(warning)  # itself is in summary.json (machine.load_average)
+    with threads.limited(choice):
+        return work()
 
 
 def _load(config: Path, overrides: list[str] | None, seed: int | None):
@@ -107,6 +122,7 @@ def train(
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    n_threads: ThreadsOpt = None,
 ):
     """Train the network described by CONFIG; write metrics, weights, plots and a summary.
 
@@ -134,7 +150,7 @@ def train(
             return run_repeat(cfg, text, str(config), out, name or config.stem, repeat)
         return run_train(cfg, text, str(config), out, name or config.stem)
 
-    _execute(work, quiet, as_json)
+    _execute(work, quiet, as_json, n_threads)
 
 
 @app.command()
@@ -146,6 +162,7 @@ def gradcheck(
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    n_threads: ThreadsOpt = None,
 ):
     """Compare analytic gradients with centred differences (Table 1); exit 1 if they disagree.
 
@@ -159,32 +176,37 @@ def gradcheck(
         cfg, text = _load(config, set_, seed)
         return run_gradcheck(cfg, text, out, name or config.stem)
 
-    _execute(work, quiet, as_json)
+    _execute(work, quiet, as_json, n_threads)
 
 
 @app.command()
 def lrrange(
     config: ConfigArg,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help=(
+        "Sweep K initialisation seeds; suggest their geometric-mean rates."))] = 1,
     set_: SetOpt = None,
     out: OutOpt = Path("runs"),
     name: NameOpt = None,
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    n_threads: ThreadsOpt = None,
 ):
     """LR range test: train while the rate rises, suggest eta_min / eta_max (suggestion.yaml).
 
     Example:
 
         cifar2l lrrange configs/lrrange-80.yaml --set lrrange.epochs=4
+
+        cifar2l lrrange configs/lrrange-80.yaml --repeat 5
     """
     from .lrrange import run_lrrange
 
     def work():
         cfg, text = _load(config, set_, seed)
-        return run_lrrange(cfg, text, str(config), out, name or config.stem)
+        return run_lrrange(cfg, text, str(config), out, name or config.stem, repeat)
 
-    _execute(work, quiet, as_json)
+    _execute(work, quiet, as_json, n_threads)
 
 
 @app.command()
@@ -195,16 +217,20 @@ def evaluate(
     ensemble: Annotated[bool, typer.Option("--ensemble", help=(
         "Score the run's snapshot ensemble (the mean of the softmax outputs of its "
         "snapshots/*.npz) instead of its final weights."))] = False,
-    set_: SetOpt = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", metavar="data.root=PATH",
+        help="Where the data lives now (the only key evaluate may change)."),
+    ] = None,
     out: OutOpt = Path("runs"),
     name: NameOpt = None,
-    seed: SeedOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    n_threads: ThreadsOpt = None,
 ):
     """Score saved weights on a split: accuracy, per-class accuracy, confusion matrix.
 
-    The split is rebuilt from the config stored with the weights (overrides apply to it).
+    The split is rebuilt exactly as at training time from the config stored with the weights
+    and checked against the fingerprint recorded then; only --set data.root=PATH may change.
 
     Example:
 
@@ -215,10 +241,9 @@ def evaluate(
     from .evaluate import run_evaluate
 
     def work():
-        sets = list(set_ or []) + ([f"seed={seed}"] if seed is not None else [])
-        return run_evaluate(target, split, sets, out, name, ensemble)
+        return run_evaluate(target, split, list(set_ or []), out, name, ensemble)
 
-    _execute(work, quiet, as_json)
+    _execute(work, quiet, as_json, n_threads)
 
 
 @app.command()
@@ -240,6 +265,9 @@ def search(
     refine: Annotated[Path | None, typer.Option("--refine", metavar="RUN_DIR", help=(
         "Narrow (log-)uniform ranges to the best trials of that search (search.refine_top)."
     ))] = None,
+    repeat_best: Annotated[int, typer.Option("--repeat-best", metavar="K", min=1, help=(
+        "After the search, retrain the best trial over K initialisation seeds (best-repeat/): "
+        "its mean and std, free of the winner's luck."))] = 1,
     no_collect: Annotated[bool, typer.Option("--no-collect", hidden=True)] = False,
     set_: SetOpt = None,
     out: OutOpt = Path("runs"),
@@ -247,6 +275,7 @@ def search(
     seed: SeedOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
+    n_threads: ThreadsOpt = None,
 ):
     """Random search: train one run per trial, rank them, write results.csv and best.yaml.
 
@@ -254,7 +283,7 @@ def search(
 
     Example:
 
-        cifar2l search configs/search-coarse.yaml --jobs 2
+        cifar2l search configs/search-coarse.yaml --jobs 2 --repeat-best 5
 
         cifar2l search configs/search-fine.yaml --refine runs/20261127-140000-search-search-coarse
 
@@ -275,15 +304,17 @@ def search(
             raise ConfigError(f"unexpected argument {str(run_dir)!r} (only `collect` takes one)")
         if resume is not None and config is None:
             return search_mod.resume_search(resume, jobs=jobs, shard=shard,
-                                            collect_after=not no_collect)  # fmt: skip
+                                            collect_after=not no_collect,
+                                            repeat_best=repeat_best)  # fmt: skip
         if config is None:
             raise ConfigError("search: give a CONFIG, `collect RUN_DIR` or --resume RUN_DIR")
         cfg, text = _load(Path(config), set_, seed)
         return search_mod.run_search(
             cfg, text, config, out, name or Path(config).stem, jobs=jobs, shard=shard,
-            directory=resume or directory, refine=refine, collect_after=not no_collect)
+            directory=resume or directory, refine=refine, collect_after=not no_collect,
+            repeat_best=repeat_best)
 
-    _execute(work, quiet, as_json)
+    _execute(work, quiet, as_json, n_threads)
 
 
 def main() -> None:

@@ -78,6 +78,12 @@ def fmt(v) -> str:
     return str(v)
 
 
+def warn(message: str) -> None:
+    """A `Warning: ...` line on stderr (shown with --json too: stdout keeps only the JSON)."""
+    if not _quiet or _keep_bars:
+        stderr.print(f"Warning: {message}", highlight=False)
+
+
 def error(message: str) -> None:
     from .errors import one_line
 

@@ -22,11 +22,12 @@ import tarfile
 import tempfile
 import urllib.request
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import runs
 from .errors import ConfigError, DataError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -174,6 +175,7 @@ def _write_cache(folder: Path, ds: Dataset) -> None:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+        tmp.chmod(0o777 & ~runs.umask())  # mkdtemp makes it 0700; a shared cache must be readable
         for k in _ARRAYS:
             np.save(tmp / f"{k}.npy", getattr(ds, k))
         meta = {k: getattr(ds, k) for k in ("batch_sizes", "classes", "source", "format")}
@@ -395,6 +397,15 @@ class Prepared:
     classes: list[str]
     source: str
     format: str
+    fingerprints: dict[str, str] = field(default_factory=dict)  # split -> fingerprint()
+
+
+def fingerprint(x: np.ndarray, y: np.ndarray) -> str:
+    """The first 16 hex digits of the sha256 of a split's labels and raw uint8 pixels: the same
+    images in the same order give the same value on any machine (0.1 s for 45,000 images)."""
+    h = hashlib.sha256(np.ascontiguousarray(y, dtype=np.int64).data)
+    h.update(np.ascontiguousarray(x).data)
+    return h.hexdigest()[:16]
 
 
 def select_splits(ds: Dataset, data_cfg, rng: np.random.Generator) -> dict:
@@ -464,4 +475,5 @@ def prepare(data_cfg, dtype: str, rng: np.random.Generator) -> Prepared:
         classes=ds.classes,
         source=ds.source,
         format=ds.format,
+        fingerprints={k: fingerprint(*v) for k, v in raw.items() if v is not None},
     )

@@ -35,7 +35,7 @@ def snapshot_path(run_path: Path, step: int) -> Path:
 def save_snapshot(run_path: Path, step: int, params: dict, prep, config_text: str) -> None:
     path = snapshot_path(run_path, step)
     path.parent.mkdir(exist_ok=True)
-    save_weights(path, params, prep.mean, prep.std, prep.classes, config_text)
+    save_weights(path, params, prep, config_text)
 
 
 def members(run_path: Path) -> list[Path]:

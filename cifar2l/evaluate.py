@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import zipfile
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from .network import PARAM_KEYS
 from .rngs import make_rngs
 
 SPLITS = ("train", "val", "test")
+# The only keys `evaluate --set` may change: where the data lives. Anything else (the seed, the
+# split sizes, the batches) would rebuild other splits than the ones the run was trained with.
+SETTABLE = ("data.root",)
 
 
 @dataclass
@@ -26,12 +30,15 @@ class Weights:
     classes: list[str]
     config_text: str
     path: Path
+    fingerprints: dict[str, str] | None = None  # split -> data.fingerprint (None: older file)
 
 
-def save_weights(path: Path, params: dict, mean, std, classes: list[str], config_text: str):
-    """Params, the training split's statistics, class names and the resolved config, in one file."""
-    runs.save_npz(path, **params, mean=mean, std=std, classes=np.array(classes),
-                  config=np.array(config_text))  # fmt: skip
+def save_weights(path: Path, params: dict, prep, config_text: str):
+    """Params, the training split's statistics, class names, the splits' fingerprints and the
+    resolved config, in one file."""
+    runs.save_npz(path, **params, mean=prep.mean, std=prep.std, classes=np.array(prep.classes),
+                  config=np.array(config_text),
+                  fingerprints=np.array(json.dumps(prep.fingerprints)))  # fmt: skip
 
 
 def weights_path(target: Path) -> Path:
@@ -46,8 +53,9 @@ def load_weights(target: Path) -> Weights:
     try:
         with np.load(path, allow_pickle=False) as f:
             params = {k: f[k] for k in PARAM_KEYS}
+            prints = json.loads(str(f["fingerprints"])) if "fingerprints" in f else None
             w = Weights(params, f["mean"], f["std"], [str(c) for c in f["classes"]],
-                        str(f["config"]), path)  # fmt: skip
+                        str(f["config"]), path, prints)  # fmt: skip
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise RunError(f"{path}: not a cifar2l weights file ({e})") from None
     check_shapes(w)
@@ -65,7 +73,13 @@ def check_shapes(w: Weights) -> None:
 
 
 def split_rows(w: Weights, overrides: list[str], split: str):
-    """The raw rows of a split, chosen exactly as at training time, standardised as then."""
+    """The raw rows of a split, chosen exactly as at training time, standardised as then.
+
+    The split is rebuilt from the run's own config (only `data.root` may be overridden) and
+    its fingerprint must equal the one recorded at training time: other data, or other rows,
+    would score images the network may have trained on.
+    """
+    check_overrides(overrides)
     raw = config_mod.apply_overrides(config_mod.parse_yaml(w.config_text, str(w.path)), overrides)
     cfg = config_mod.validate(raw, f"{w.path} (stored config)")
     ds = data.load_dataset(data.find_source(cfg.data.root))
@@ -74,7 +88,29 @@ def split_rows(w: Weights, overrides: list[str], split: str):
         raise ConfigError(f"--split {split}: the stored config has no {split} split")
     if x.shape[1] != w.mean.shape[0]:
         raise RunError(f"{w.path}: weights expect {w.mean.shape[0]} inputs, data has {x.shape[1]}")
+    check_fingerprint(w, split, data.fingerprint(x, y), ds.source)
     return cfg, data.standardize(x, w.mean, w.std, w.params["W1"].dtype), y
+
+
+def check_overrides(overrides: list[str]) -> None:
+    for text in overrides:
+        key = ".".join(config_mod.parse_override(text)[0])
+        if key not in SETTABLE:
+            raise ConfigError(f"--set {text}: evaluate scores the splits the run was trained "
+                              f"with, rebuilt from its saved config; only {', '.join(SETTABLE)} "
+                              "(where the data lives) may be set")  # fmt: skip
+
+
+def check_fingerprint(w: Weights, split: str, found: str, source: str) -> None:
+    if w.fingerprints is None:
+        console.warn(f"{w.path}: written before cifar2l recorded the splits' fingerprints; "
+                     f"cannot check that {source} gives the {split} split it was trained with")
+        return
+    want = w.fingerprints.get(split)
+    if want != found:
+        raise RunError(f"{w.path}: the {split} split rebuilt from {source} is not the one this "
+                       f"run was trained with (fingerprint {found}, recorded {want}): other "
+                       "data or other rows; refusing to score it")  # fmt: skip
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:

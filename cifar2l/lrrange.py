@@ -21,7 +21,14 @@ import numpy as np
 from . import console, data, network, plots, runs
 from .errors import DivergedError, RunError
 from .rngs import make_rngs
-from .train import check_batch_size, epoch_order, gather, make_step, steps_per_epoch
+from .train import (
+    check_batch_size,
+    data_summary,
+    epoch_order,
+    gather,
+    make_step,
+    steps_per_epoch,
+)
 
 COLUMNS = ["step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
 RISE_START = 0.1
@@ -110,33 +117,81 @@ def suggestion_yaml(s: dict, run_dir, source: str) -> str:
             f"schedule:\n  eta_min: {s['eta_min']!r}\n  eta_max: {s['eta_max']!r}\n")  # fmt: skip
 
 
-def run_lrrange(cfg, config_text: str, source: str, out, name: str) -> dict:
-    """The `lrrange` command."""
+def run_lrrange(cfg, config_text: str, source: str, out, name: str, repeat: int = 1) -> dict:
+    """The `lrrange` command; `repeat` K > 1 sweeps K initialisation seeds (same data order),
+    one after another, each in `repeats/<k>/`, and suggests their geometric-mean rates."""
     started = time.perf_counter()
-    rngs = make_rngs(cfg.seed, cfg.init_seed)
-    prep = data.prepare(cfg.data, cfg.dtype, rngs["split"])
+    prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
     check_batch_size(cfg, prep, source)
     with runs.open_run(out, "lrrange", name, cfg, config_text, started) as run:
-        params = network.init_params(prep.train.x.shape[1], cfg.model.hidden, len(prep.classes),
-                                     rngs["init"], cfg.dtype)  # fmt: skip
-        total = sweep_steps(cfg.lrrange, steps_per_epoch(len(prep.train.y),
-                                                         cfg.train.batch_size))  # fmt: skip
-        console.log(f"run dir: {run.path}  {total} steps, lr {cfg.lrrange.lr_min:g} -> "
-                    f"{cfg.lrrange.lr_max:g} ({cfg.lrrange.mode})")  # fmt: skip
-        # The sweep is meant to end in overflow: numpy's warnings about it are noise here.
-        with console.progress_bar("lrrange", total=total) as advance, np.errstate(all="ignore"):
-            rows, ended = sweep(params, prep, cfg, rngs, on_step=advance)
-        runs.write_csv(run.path / "lrrange.csv", COLUMNS, rows)
-        run.summary.update(ended=ended, steps=rows[-1]["step"] if rows else 0)
-        s = suggest(rows, cfg.lrrange.smooth)
-        runs.atomic_write(run.path / "suggestion.yaml", suggestion_yaml(s, run.path, source))
-        plots.lrrange(rows, s, cfg.lrrange.mode == "exponential", run.path / "lrrange.png")
-        run.summary.update(suggestion={"eta_min": s["eta_min"], "eta_max": s["eta_max"]},
-                           peak_val_accuracy=s["peak_val_accuracy"],
-                           rule="eta_min: 10% of the smoothed validation-accuracy rise; "
-                                "eta_max: its maximum")  # fmt: skip
+        if repeat == 1:
+            s = sweep_into(run, cfg, prep, source)
+        else:
+            s = repeat_into(run, cfg, prep, source, repeat)
+        run.summary["data"] = data_summary(prep)
     console.table("LR range test suggestion", ["eta_min", "eta_max", "peak val_accuracy",
                                                "ended"],
-                  [[s["eta_min"], s["eta_max"], s["peak_val_accuracy"], ended]])  # fmt: skip
+                  [[s["eta_min"], s["eta_max"], s["peak_val_accuracy"], s["ended"]]])  # fmt: skip
     console.log(f"suggestion: {run.path / 'suggestion.yaml'}")
     return run.summary
+
+
+def sweep_into(run, cfg, prep, source: str, show: bool = True) -> dict:
+    """One sweep into an open run directory: lrrange.csv, suggestion.yaml, the plot, summary."""
+    rngs = make_rngs(cfg.seed, cfg.init_seed)
+    params = network.init_params(prep.train.x.shape[1], cfg.model.hidden, len(prep.classes),
+                                 rngs["init"], cfg.dtype)  # fmt: skip
+    total = sweep_steps(cfg.lrrange, steps_per_epoch(len(prep.train.y), cfg.train.batch_size))
+    if show:
+        console.log(f"run dir: {run.path}  {total} steps, lr {cfg.lrrange.lr_min:g} -> "
+                    f"{cfg.lrrange.lr_max:g} ({cfg.lrrange.mode})")  # fmt: skip
+    # The sweep is meant to end in overflow: numpy's warnings about it are noise here.
+    with console.progress_bar("lrrange", total=total) as advance, np.errstate(all="ignore"):
+        rows, ended = sweep(params, prep, cfg, rngs, on_step=advance)
+    runs.write_csv(run.path / "lrrange.csv", COLUMNS, rows)
+    run.summary.update(ended=ended, steps=rows[-1]["step"] if rows else 0)
+    s = suggest(rows, cfg.lrrange.smooth)
+    runs.atomic_write(run.path / "suggestion.yaml", suggestion_yaml(s, run.path, source))
+    plots.lrrange(rows, s, cfg.lrrange.mode == "exponential", run.path / "lrrange.png")
+    run.summary.update(suggestion={"eta_min": s["eta_min"], "eta_max": s["eta_max"]},
+                       peak_val_accuracy=s["peak_val_accuracy"], rule=RULE)
+    return {**s, "ended": ended}
+
+
+RULE = "eta_min: 10% of the smoothed validation-accuracy rise; eta_max: its maximum"
+
+
+def repeat_into(run, cfg, prep, source: str, repeat: int) -> dict:
+    """K sweeps (one per initialisation seed) in repeats/<k>/; the top suggestion is their
+    geometric mean, with the spread as a factor (10 ** std of log10)."""
+    from . import config as config_mod
+    from .search import init_seeds
+
+    seeds = init_seeds(cfg.seed if cfg.init_seed is None else cfg.init_seed, repeat)
+    found = []
+    for k, seed in enumerate(seeds):
+        c = cfg.model_copy(update={"init_seed": seed})
+        path = run.path / "repeats" / f"{k:02d}"
+        path.mkdir(parents=True)
+        with runs.start_run(path, "lrrange", c, config_mod.dump_yaml(c)) as sub:
+            found.append(sweep_into(sub, c, prep, source, show=False))
+    s = {k: geometric(found, k) for k in ("eta_min", "eta_max")}
+    runs.atomic_write(run.path / "suggestion.yaml", suggestion_yaml(s, run.path, source))
+    run.summary.update(
+        repeat=repeat, init_seeds=seeds, rule=RULE, suggestion=s,
+        suggestion_factor={k: spread(found, k) for k in s},
+        suggestion_runs={k: [f[k] for f in found] for k in s},
+        peak_val_accuracy=float(np.mean([f["peak_val_accuracy"] for f in found])),
+        ended=[f["ended"] for f in found])  # fmt: skip
+    return {**s, "peak_val_accuracy": run.summary["peak_val_accuracy"],
+            "ended": f"{repeat} sweeps"}
+
+
+def geometric(found: list[dict], key: str) -> float:
+    return float(10 ** np.mean([math.log10(f[key]) for f in found]))
+
+
+def spread(found: list[dict], key: str) -> float:
+    """The seeds' spread of a rate as a factor: 10 ** (sample std of log10)."""
+    logs = [math.log10(f[key]) for f in found]
+    return float(10 ** np.std(logs, ddof=1)) if len(logs) > 1 else 1.0

@@ -9,23 +9,21 @@ CuPy arrays (and small ones) get one plain call.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import numpy as np
+
+from .threads import affinity_cpus, blas_threads
 
 BLOCK_BYTES = 1 << 21  # 2 MB row blocks: temporaries stay small and in cache
 MIN_BYTES = 1 << 22  # below 4 MB, threads cost more than they save
 
 
 def threads() -> int:
-    """The BLAS thread setting if one is given (search workers split the cores), else every
-    core this process may use."""
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
-            return int(os.environ[var])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """The BLAS library's thread count, which the command set from the CPUs it may use
+    (threads.py): element-wise blocks and products share one setting."""
+    return blas_threads() or affinity_cpus()
 
 
 @cache
@@ -36,8 +34,11 @@ def _pool(n: int) -> ThreadPoolExecutor:
 def rowwise(fn, *arrays) -> None:
     """fn(*views) over row blocks of arrays that share their shape (fn works in place)."""
     a = arrays[0]
-    n_threads = threads()
-    if not isinstance(a, np.ndarray) or a.nbytes < MIN_BYTES or n_threads < 2 or a.ndim == 0:
+    if not isinstance(a, np.ndarray) or a.nbytes < MIN_BYTES or a.ndim == 0:
+        fn(*arrays)
+        return
+    n_threads = threads()  # asked only for large arrays: threadpoolctl takes 0.1 ms
+    if n_threads < 2:
         fn(*arrays)
         return
     rows = max(1, BLOCK_BYTES // max(1, a.nbytes // a.shape[0]))

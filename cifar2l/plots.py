@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from . import runs
 
 
 def _pyplot():
@@ -20,7 +21,7 @@ def _pyplot():
 
 def _save(fig, path: Path) -> None:
     # A unique temp name: two processes may write the same figure at once (concurrent collects).
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    fd, tmp = runs.temp_file(path.parent, path.stem, suffix=path.suffix)
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)  # figures use layout="constrained": no second tight pass

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, machine
 from .errors import RunError
 
 
@@ -43,9 +43,22 @@ def create_run_dir(root: Path, command: str, name: str) -> Path:
     raise RunError(f"{root}: could not find a free run directory name for {stem}")
 
 
-def temp_file(folder: Path, name: str) -> tuple[int, str]:
-    """An open (fd, path) for a hidden temp file beside `folder / name`."""
-    return tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+def temp_file(folder: Path, name: str, suffix: str = "") -> tuple[int, str]:
+    """An open (fd, path) for a hidden temp file beside `folder / name`, with the permissions
+    of any new file (mkstemp makes it 0600: colleagues on a shared cluster could not read it)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=suffix)
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, tmp
+
+
+def umask() -> int:
+    """This process's umask, read without changing it (Linux), else by setting it back."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -74,7 +87,7 @@ def _jsonable(v):
 
 
 def save_npz(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    fd, tmp = temp_file(path.parent, path.name, suffix=".npz")
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
@@ -92,6 +105,7 @@ def versions() -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "pydantic": version("pydantic"),
+        "threadpoolctl": version("threadpoolctl"),
     }
 
 
@@ -104,6 +118,7 @@ def base_summary(command: str, run_dir: Path, seed: int) -> dict:
         "seconds": None,
         "argv": sys.argv,
         "versions": versions(),
+        "machine": machine.describe(),  # what bitwise reproducibility depends on
     }
 
 

@@ -1,8 +1,9 @@
-"""`make table2`, `make table3`, `make final`: run the study's experiments through the CLI and
-print our numbers beside the study's.
+"""`make table1` ... `make best`, `make report`: run the study's experiments through the CLI and
+print our numbers (mean ± std over each item's seeds) beside the study's.
 
-Each run is an ordinary `cifar2l` process, so its run directory (command.txt included) is exactly
-what the user would get by typing the command.
+The study's numbers and each item's seed count come from the configs' `expected:` blocks
+(items.py), never from a copy here. Each run is an ordinary `cifar2l` process, so its run
+directory (command.txt included) is exactly what the user would get by typing the command.
 
 Usage: python -m cifar2l.tables {table2|table3|final|lrrange|bonus|table4|best|report} [--out DIR]
        [--jobs N]
@@ -11,38 +12,16 @@ Usage: python -m cifar2l.tables {table2|table3|final|lrrange|bonus|table4|best|r
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from . import console
+from . import console, items, report, threads
+from .config import load_config
+from .errors import Cifar2lError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-# The study's Table 2 (eta 1e-5..1e-1, lambda 0.01, batch 100).
-TABLE2 = {
-    "default": {"label": "n_s=500, 1 cycle", "train": 0.6213, "val": 0.4597, "test": 0.4602},
-    "cycles3": {"label": "n_s=800, 3 cycles", "train": 0.7784, "val": 0.4608, "test": 0.4524},
-}
-# The study's Table 3: (lambda, validation accuracy), best first.
-TABLE3 = {
-    "coarse": [(0.00925069, 0.5328), (0.00599464, 0.5310), (0.01357111, 0.5292),
-               (0.03065967, 0.5006)],
-    "fine": [(0.00878554, 0.5388), (0.00925069, 0.5342), (0.00692494, 0.5320),
-             (0.00832039, 0.5318)],
-}  # fmt: skip
-FINAL = {"lambda": 0.00878554, "train": 0.6139, "val": 0.5384, "test": 0.5221}
-# The study's LR range picks, bonus models and Table 4.
-LRRANGE = {"lrrange-80": (0.000262144, 0.067108864), "lrrange-40": (0.004782, 0.12914)}
-BONUS = {
-    "model-80": {"train": 0.6359, "val": 0.5286, "test": 0.5206},
-    "model-40": {"train": 0.5995, "val": 0.523, "test": 0.5069},
-}
-TABLE4 = {
-    "table4-120": {"train": 0.7083, "val": 0.5564, "test": 0.5534},
-    "table4-140": {"train": 0.7229, "val": 0.5700, "test": 0.5567},
-}
+CONFIGS = items.CONFIGS
+REPORT_ITEMS = items.REPORT_ITEMS
 
 
 def cifar2l(*args: str) -> dict:
@@ -55,18 +34,61 @@ def cifar2l(*args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def table2(out: Path, jobs: int) -> None:
-    rows, run_dirs = [], []
-    for stem, study in TABLE2.items():
-        summary = cifar2l("train", str(CONFIGS / f"{stem}.yaml"), "--out", str(out))
+def expected(stem: str):
+    return load_config(CONFIGS / f"{stem}.yaml").expected
+
+
+def command_args(command: str, stem: str, out: Path, jobs: int, refine: Path | None = None):
+    """The command line of one item, with its seeds (`--repeat K`, a search's
+    `--repeat-best K`) from its expected: block."""
+    args = [command, str(CONFIGS / f"{stem}.yaml"), "--out", str(out)]
+    k = expected(stem).seeds
+    if command in ("train", "lrrange") and k > 1:
+        args += ["--repeat", str(k)]
+    if command == "search":
+        args += ["--jobs", str(jobs)] + (["--repeat-best", str(k)] if k > 1 else [])
+        args += ["--refine", str(refine)] if refine is not None else []
+    return args
+
+
+def pm(summary: dict, split: str, key: str = "accuracy") -> str:
+    """`0.4570 ± 0.0030` (or the single value) from a train summary."""
+    mean = summary[key][split]
+    std = summary.get(f"{key}_std", {}).get(split)
+    return f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
+
+
+def accuracy_table(title: str, stems: list[str], out: Path, jobs: int) -> None:
+    """Train each config (over its seeds) and print ours beside the study's accuracies."""
+    rows = []
+    for stem in stems:
+        e = expected(stem)
+        s = cifar2l(*command_args("train", stem, out, jobs))
         for split in ("train", "val", "test"):
-            ours = summary["accuracy"][split]
-            rows.append([study["label"], split, ours, study[split], ours - study[split]])
-        run_dirs.append(f"{study['label']}: {summary['run_dir']} ({summary['seconds']:.1f} s)")
-    console.table("Table 2: accuracy, ours vs the study", ["config", "split", "ours", "study",
-                                                           "difference"], rows)  # fmt: skip
-    for line in run_dirs:
-        console.log(line)
+            ref = e.accuracy.get(split)
+            rows.append([stem, split, pm(s, split), "" if ref is None else ref,
+                         "" if ref is None else s["accuracy"][split] - ref])  # fmt: skip
+        console.log(f"{stem}: {s['run_dir']} ({s.get('repeat', 1)} seeds, "
+                    f"{s['seconds']:.1f} s)")  # fmt: skip
+    console.table(title, ["config", "split", "ours (mean ± std)", "study", "difference"], rows)
+
+
+def table2(out: Path, jobs: int) -> None:
+    accuracy_table("Table 2: accuracy, ours vs the study", ["default", "cycles3"], out, jobs)
+
+
+def final(out: Path, jobs: int) -> None:
+    accuracy_table("the tuned network, ours vs the study", ["final", "final-3cycles"], out, jobs)
+
+
+def bonus(out: Path, jobs: int) -> None:
+    accuracy_table("bonus models trained with the LR-range picks, ours vs the study",
+                   ["model-80", "model-40"], out, jobs)  # fmt: skip
+
+
+def table4(out: Path, jobs: int) -> None:
+    accuracy_table("Table 4: improvements combined, ours vs the study",
+                   ["table4-120", "table4-140"], out, jobs)  # fmt: skip
 
 
 def top_rows(run_dir: Path, k: int = 4) -> list[tuple[float, float]]:
@@ -78,110 +100,81 @@ def top_rows(run_dir: Path, k: int = 4) -> list[tuple[float, float]]:
 
 
 def table3(out: Path, jobs: int) -> None:
-    j = ["--jobs", str(jobs)]
-    coarse = cifar2l("search", str(CONFIGS / "search-coarse.yaml"), "--out", str(out), *j)
-    fine = cifar2l("search", str(CONFIGS / "search-fine.yaml"), "--out", str(out), *j,
-                   "--refine", coarse["run_dir"])  # fmt: skip
-    for label, summary in (("coarse", coarse), ("fine", fine)):
+    coarse = cifar2l(*command_args("search", "search-coarse", out, jobs))
+    fine = cifar2l(*command_args("search", "search-fine", out, jobs, Path(coarse["run_dir"])))
+    for stem, summary in (("search-coarse", coarse), ("search-fine", fine)):
+        study = expected(stem).top
         ours = top_rows(Path(summary["run_dir"]))
         rows = [[i + 1, f"{o[0]:.8f}", o[1], f"{s[0]:.8f}", s[1]]
-                for i, (o, s) in enumerate(zip(ours, TABLE3[label], strict=False))]  # fmt: skip
-        console.table(f"Table 3, {label} search: top 4 by validation accuracy "
+                for i, (o, s) in enumerate(zip(ours, study, strict=False))]  # fmt: skip
+        console.table(f"Table 3, {stem}: top 4 by validation accuracy "
                       f"({summary['run_dir']}, {summary['trials']} trials)",
                       ["rank", "lambda (ours)", "val_accuracy (ours)", "lambda (study)",
                        "val_accuracy (study)"], rows)  # fmt: skip
+        again = summary.get("best_repeat")
+        if again:
+            console.log(f"best trial retrained over {again['repeat']} seeds: val "
+                        f"{pm(again, 'val')}, test {pm(again, 'test')}")  # fmt: skip
     if fine.get("refined_from"):
         console.log(f"fine range: {fine['refined_from']['ranges']}")
 
 
-def accuracy_table(title: str, studies: dict, out: Path) -> None:
-    """Train each config of `studies` ({stem: study accuracies or None}) and compare."""
+def lrrange(out: Path, jobs: int) -> None:
     rows = []
-    for stem, study in studies.items():
-        summary = cifar2l("train", str(CONFIGS / f"{stem}.yaml"), "--out", str(out))
-        for split in ("train", "val", "test"):
-            ours = summary["accuracy"][split]
-            ref = study[split] if study else None
-            rows.append([stem, split, ours, "" if ref is None else ref,
-                         "" if ref is None else ours - ref])  # fmt: skip
-        console.log(f"{stem}: {summary['run_dir']} ({summary['seconds']:.1f} s)")
-    console.table(title, ["config", "split", "ours", "study", "difference"], rows)
-
-
-def final(out: Path, jobs: int) -> None:
-    accuracy_table(f"the tuned network, ours vs the study (study lambda {FINAL['lambda']})",
-                   {"final": FINAL, "final-3cycles": None}, out)  # fmt: skip
-
-
-def bonus(out: Path, jobs: int) -> None:
-    accuracy_table("bonus models trained with the LR-range picks, ours vs the study", BONUS, out)
-
-
-def table4(out: Path, jobs: int) -> None:
-    accuracy_table("Table 4: improvements combined, ours vs the study", TABLE4, out)
-
-
-# The study's best network (Table 4, 140 hidden units), and the published one-hidden-layer
-# networks trained from scratch on CIFAR-10 as issue 7 summarises them (test accuracy).
-STUDY_BEST_TEST = 0.5567
-PUBLISHED_FROM_SCRATCH = "about 0.55-0.58 (about 0.59 for an ensemble selected on the test set)"
+    for stem in ("lrrange-80", "lrrange-40"):
+        e = expected(stem)
+        s = cifar2l(*command_args("lrrange", stem, out, jobs))
+        ours, spread = s["suggestion"], s.get("suggestion_factor", {})
+        rows += [[stem, k, ours[k], spread.get(k, ""), getattr(e, k), s["run_dir"]]
+                 for k in ("eta_min", "eta_max")]  # fmt: skip
+    console.table("LR range test: suggested rates (geometric mean over the seeds, spread as a "
+                  "factor) vs the study's picks", ["config", "rate", "ours", "spread (x/÷)",
+                                                   "study", "run dir (lrrange.png)"], rows)
 
 
 def best(out: Path, jobs: int) -> None:
-    """`make best`: train configs/best.yaml; the single network and its snapshot ensemble."""
-    s = cifar2l("train", str(CONFIGS / "best.yaml"), "--out", str(out))
+    """`make best`: train configs/best.yaml over its seeds; the single network and its
+    snapshot ensemble, mean ± std."""
+    s = cifar2l(*command_args("train", "best", out, jobs))
     ens = s["ensemble"]
-    rows = [[split, s["accuracy"][split], ens["accuracy"][split]] for split in s["accuracy"]]
-    console.table(f"Beyond the study: configs/best.yaml ({s['run_dir']}, {s['seconds'] / 60:.1f} "
-                  f"min)", ["split", "single network", f"snapshot ensemble of "
-                  f"{len(ens['members'])}"], rows)  # fmt: skip
-    console.log(f"test accuracy: the study's best {STUDY_BEST_TEST}; published one-hidden-layer "
-                f"networks trained from scratch: {PUBLISHED_FROM_SCRATCH}")  # fmt: skip
+    rows = [[split, pm(s, split), pm(ens, split)] for split in s["accuracy"]]
+    console.table(f"Beyond the study: configs/best.yaml ({s['run_dir']}, {s.get('repeat', 1)} "
+                  f"seeds, {s['seconds'] / 60:.1f} min)", ["split", "single network",
+                  f"snapshot ensemble of {len(ens['members'])}"], rows)  # fmt: skip
+    study_best = expected("table4-140").accuracy["test"]
+    console.log(f"test accuracy: the study's best {study_best}; published one-hidden-layer "
+                "networks trained from scratch: about 0.55-0.58")  # fmt: skip
 
 
-def lrrange(out: Path, jobs: int) -> None:
-    rows = []
-    for stem, (lo, hi) in LRRANGE.items():
-        summary = cifar2l("lrrange", str(CONFIGS / f"{stem}.yaml"), "--out", str(out))
-        ours = summary["suggestion"]
-        rows.append([stem, ours["eta_min"], lo, ours["eta_max"], hi, summary["run_dir"]])
-    console.table("LR range test: suggested eta_min / eta_max, ours vs the study's picks",
-                  ["config", "eta_min (ours)", "eta_min (study)", "eta_max (ours)",
-                   "eta_max (study)", "run dir (lrrange.png)"], rows)  # fmt: skip
+# ---------------------------------------------------------------- make report
 
 
-# Every item of the report: (command, config stem). Order matters: the fine search refines the
-# coarse one.
-REPORT_ITEMS = [("gradcheck", "gradcheck"), ("train", "default"), ("train", "cycles3"),
-                ("search", "search-coarse"), ("search", "search-fine"), ("train", "final"),
-                ("train", "final-3cycles"), ("lrrange", "lrrange-80"), ("lrrange", "lrrange-40"),
-                ("train", "model-80"), ("train", "model-40"), ("train", "table4-120"),
-                ("train", "table4-140"), ("train", "best")]  # fmt: skip
-
-
-def finished_run(out: Path, command: str, stem: str) -> Path | None:
-    """The newest completed run of `cifar2l COMMAND configs/STEM.yaml` under `out`."""
+def finished_run(out: Path, command: str, stem: str, refine: Path | None = None) -> Path | None:
+    """The newest run under `out` of `cifar2l COMMAND configs/STEM.yaml` that the report counts:
+    completed, unmodified, over at least the item's seeds (a fine search: refined from
+    `refine`, the coarse search the report uses)."""
+    want = expected(stem).seeds
     for run in sorted(out.glob(f"*-{command}-{stem}"), reverse=True):
         try:
-            if json.loads((run / "summary.json").read_text()).get("status") == "completed":
-                return run
-        except (OSError, ValueError):
+            item = report.load_item(run)
+        except (report.Skipped, Cifar2lError):  # an unreadable run is not reused
             continue
+        source = (item.summary.get("refined_from") or {}).get("run_dir")
+        if refine is not None and (source is None or Path(source) != Path(refine)):
+            continue
+        if not item.modified and item.seeds >= want:
+            return run
     return None
 
 
-def report(out: Path, jobs: int) -> None:
-    """`make report`: run every item without a finished run (reusing the others), then report."""
+def report_target(out: Path, jobs: int) -> None:
+    """`make report`: run every item without a counted run (reusing the others), then report."""
     dirs: dict[str, Path] = {}
     for command, stem in REPORT_ITEMS:
-        run = finished_run(out, command, stem)
+        refine = dirs.get("search-coarse") if stem == "search-fine" else None
+        run = finished_run(out, command, stem, refine)
         if run is None:
-            args = [command, str(CONFIGS / f"{stem}.yaml"), "--out", str(out)]
-            if command == "search":
-                args += ["--jobs", str(jobs)]
-            if stem == "search-fine":
-                args += ["--refine", str(dirs["search-coarse"])]
-            run = Path(cifar2l(*args)["run_dir"])
+            run = Path(cifar2l(*command_args(command, stem, out, jobs, refine))["run_dir"])
         else:
             console.log(f"reusing {run} for {command} {stem}.yaml")
         dirs[stem] = run
@@ -189,13 +182,16 @@ def report(out: Path, jobs: int) -> None:
                     "--out", "report"], check=True)  # fmt: skip
 
 
+TARGETS = {"table2": table2, "table3": table3, "final": final, "lrrange": lrrange,
+           "bonus": bonus, "table4": table4, "best": best, "report": report_target}  # fmt: skip
+
+
 def main(argv: list[str]) -> int:
     target = argv[0] if argv else "table2"
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path("runs")
-    jobs = int(argv[argv.index("--jobs") + 1]) if "--jobs" in argv else (os.cpu_count() or 1)
-    targets = {"table2": table2, "table3": table3, "final": final, "lrrange": lrrange,
-               "bonus": bonus, "table4": table4, "best": best, "report": report}  # fmt: skip
-    targets[target](out, jobs)
+    jobs = int(argv[argv.index("--jobs") + 1]) if "--jobs" in argv else \
+        threads.available_cpus()[0]  # fmt: skip
+    TARGETS[target](out, jobs)
     return 0
 
 

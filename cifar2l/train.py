@@ -291,8 +291,7 @@ def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock
     with clock("eval"):
         final = final_metrics(params, prep, cfg.optim.lambda_)
     with clock("io"):
-        save_weights(run.path / "weights.npz", params, prep.mean, prep.std, prep.classes,
-                     config_text)  # fmt: skip
+        save_weights(run.path / "weights.npz", params, prep, config_text)
         plots.training_plots(rows, make_schedule(cfg.schedule), total, run.path)
         if total in ensemble.snapshot_steps(cfg):
             ensemble.save_snapshot(run.path, total, params, prep, config_text)
@@ -302,7 +301,7 @@ def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock
     run.summary.update(
         timing={k: clock.rounded().get(k, 0.0) for k in ("train", "eval", "io")},
         steps=total,
-        data={"source": prep.source, "format": prep.format, "sizes": split_sizes(prep)},
+        data=data_summary(prep),
         best_val_accuracy=max(r["val_accuracy"] for r in rows),
         **{m: {k: v[m] for k, v in final.items()} for m in ("accuracy", "loss", "cost")},
     )
@@ -316,6 +315,12 @@ def ensemble_summary(run_path: Path, prep) -> dict:
     splits = {k: v for k, v in splits.items() if v is not None}
     return {"members": [ensemble.member_step(p) for p in paths],
             "accuracy": ensemble.ensemble_accuracy(paths, splits)}  # fmt: skip
+
+
+def data_summary(prep) -> dict:
+    """Where the data came from, the split sizes and their fingerprints (data.fingerprint)."""
+    return {"source": prep.source, "format": prep.format, "sizes": split_sizes(prep),
+            "fingerprints": prep.fingerprints}  # fmt: skip
 
 
 def split_sizes(prep) -> dict:
@@ -348,62 +353,122 @@ def print_final(final: dict, summary: dict) -> None:
                       [[k, v] for k, v in ens["accuracy"].items()])  # fmt: skip
 
 
-def run_repeat(cfg, config_text: str, config_path: str, out, name: str, repeat: int) -> dict:
-    """`train --repeat K`: K initialisation seeds of one config trained fused in one pass.
+def run_repeat(cfg, config_text: str, config_path: str, out, name: str, repeat: int,
+               into: Path | None = None) -> dict:  # fmt: skip
+    """`train --repeat K`: K initialisation seeds of one config, fused in one pass where the
+    fused path supports the config's options, else one after another.
 
     Each repeat is an ordinary run directory under `repeats/<k>/`; the top summary reports the
-    mean accuracies (`accuracy`), their standard deviations (`accuracy_std`) and every value.
+    mean accuracies (`accuracy`), their standard deviations (`accuracy_std`) and every value,
+    and the same for the snapshot ensemble when the config keeps snapshots. `into`: a new
+    directory of that name instead of a fresh one under `out` (a search's best-repeat/).
     """
-    from . import config as config_mod
     from . import fused
     from .search import init_seeds
 
     started, clock = time.perf_counter(), runs.Clock()
-    if fused.unsupported(cfg):
-        raise ConfigError(f"{config_path}: --repeat trains the repeats fused, which does not "
-                          f"support {', '.join(fused.unsupported(cfg))}; run them one by one "
-                          "with --seed")  # fmt: skip
     with clock("io"):
         prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
     check_batch_size(cfg, prep, config_path)
     seeds = init_seeds(cfg.seed if cfg.init_seed is None else cfg.init_seed, repeat)
     cfgs = [cfg.model_copy(update={"init_seed": s}) for s in seeds]
-    with runs.open_run(out, "train", name, cfg, config_text, started) as run:
-        console.log(f"run dir: {run.path}  {repeat} repeats, trained fused")
-        with console.progress_bar("train", total=total_steps(cfg.schedule)) as advance:
-            with clock("loop"):
-                plist, rows, diverged = fused.train_group(cfgs, prep, advance, clock)
-        if diverged:
-            k, (t, lr) = next(iter(diverged.items()))
-            raise DivergedError(f"repeat {k} diverged at step {t} (lr={lr:.6g})")
-        clock.seconds["train"] = clock.seconds.pop("loop") - clock.seconds.get("eval", 0.0)
-        finals = []
-        for k, c in enumerate(cfgs):
-            text = config_mod.dump_yaml(c)
-            share = runs.Clock()
-            share.seconds = {key: v / repeat for key, v in clock.seconds.items()}
-            path = run.path / "repeats" / f"{k:02d}"
-            path.mkdir(parents=True)
-            with runs.start_run(path, "train", c, text) as sub:
-                finals.append(finish_run(sub, c, prep, plist[k], rows[k], text, share))
-        run.summary.update(repeat_summary(finals, seeds, clock))
-    console.table(f"final accuracy over {repeat} initialisation seeds", ["split", "mean", "std"],
-                  [[k, run.summary["accuracy"][k], run.summary["accuracy_std"][k]]
-                   for k in run.summary["accuracy"]])  # fmt: skip
+    alone = fused.unsupported(cfg)
+    if into is not None:
+        into.mkdir()
+    opened = runs.start_run(into, "train", cfg, config_text, started) if into is not None else \
+        runs.open_run(out, "train", name, cfg, config_text, started)  # fmt: skip
+    with opened as run:
+        how = f"one after another ({', '.join(alone)} not fused)" if alone else "trained fused"
+        console.log(f"run dir: {run.path}  {repeat} repeats, {how}")
+        train_repeats = _repeats_alone if alone else _repeats_fused
+        subs = train_repeats(run, cfgs, prep, clock)
+        run.summary.update(repeat_summary(subs, seeds, clock), fused=not alone,
+                           data=data_summary(prep))  # fmt: skip
+    print_repeat(run.summary)
     return run.summary
 
 
-def repeat_summary(finals: list[dict], seeds: list[int], clock: runs.Clock) -> dict:
-    splits = list(finals[0])
-    values = {k: [f[k]["accuracy"] for f in finals] for k in splits}
-    return {
-        "repeat": len(finals), "init_seeds": seeds,
-        "accuracy": {k: float(np.mean(v)) for k, v in values.items()},
-        "accuracy_std": {k: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-                         for k, v in values.items()},
+def _repeat_dir(run, k: int) -> Path:
+    path = run.path / "repeats" / f"{k:02d}"
+    path.mkdir(parents=True)
+    return path
+
+
+def _repeats_fused(run, cfgs: list, prep, clock: runs.Clock) -> list[dict]:
+    """Train the repeats as one wide network; each is charged an equal share of the pass."""
+    from . import config as config_mod
+    from . import fused
+
+    with console.progress_bar("train", total=total_steps(cfgs[0].schedule)) as advance:
+        with clock("loop"):
+            plist, rows, diverged = fused.train_group(cfgs, prep, advance, clock)
+    if diverged:
+        k, (t, lr) = next(iter(diverged.items()))
+        raise DivergedError(f"repeat {k} diverged at step {t} (lr={lr:.6g})")
+    clock.seconds["train"] = clock.seconds.pop("loop") - clock.seconds.get("eval", 0.0)
+    subs = []
+    for k, c in enumerate(cfgs):
+        text = config_mod.dump_yaml(c)
+        share = runs.Clock()
+        share.seconds = {key: v / len(cfgs) for key, v in clock.seconds.items()}
+        # each repeat is charged its share of the fused pass, then its own finish
+        charged = time.perf_counter() - sum(share.seconds.values())
+        with runs.start_run(_repeat_dir(run, k), "train", c, text, charged) as sub:
+            finish_run(sub, c, prep, plist[k], rows[k], text, share)
+        subs.append(sub.summary)
+    return subs
+
+
+def _repeats_alone(run, cfgs: list, prep, clock: runs.Clock) -> list[dict]:
+    """Train the repeats one after another, each an ordinary run in its own directory."""
+    from . import config as config_mod
+
+    subs = []
+    for k, c in enumerate(cfgs):
+        text, own = config_mod.dump_yaml(c), runs.Clock()
+        with runs.start_run(_repeat_dir(run, k), "train", c, text) as sub:
+            with console.quiet():
+                train_run(sub, c, prep, text, own)
+        for key, v in own.seconds.items():
+            clock.seconds[key] = clock.seconds.get(key, 0.0) + v
+        subs.append(sub.summary)
+    return subs
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def repeat_summary(subs: list[dict], seeds: list[int], clock: runs.Clock) -> dict:
+    splits = list(subs[0]["accuracy"])
+    values = {k: [s["accuracy"][k] for s in subs] for k in splits}
+    stats = {k: mean_std(v) for k, v in values.items()}
+    out = {
+        "repeat": len(subs), "init_seeds": seeds,
+        "accuracy": {k: m for k, (m, _) in stats.items()},
+        "accuracy_std": {k: sd for k, (_, sd) in stats.items()},
         "accuracy_runs": values,
         "timing": {k: clock.rounded().get(k, 0.0) for k in ("train", "eval", "io")},
     }  # fmt: skip
+    if all("ensemble" in s for s in subs):
+        ens = {k: [s["ensemble"]["accuracy"][k] for s in subs] for k in splits}
+        out["ensemble"] = {"members": subs[0]["ensemble"]["members"],
+                           "accuracy": {k: mean_std(v)[0] for k, v in ens.items()},
+                           "accuracy_std": {k: mean_std(v)[1] for k, v in ens.items()},
+                           "accuracy_runs": ens}  # fmt: skip
+    return out
+
+
+def print_repeat(summary: dict) -> None:
+    k = summary["repeat"]
+    console.table(f"final accuracy over {k} initialisation seeds", ["split", "mean", "std"],
+                  [[s, summary["accuracy"][s], summary["accuracy_std"][s]]
+                   for s in summary["accuracy"]])  # fmt: skip
+    if "ensemble" in summary:
+        ens = summary["ensemble"]
+        console.table(f"snapshot ensemble accuracy over {k} seeds", ["split", "mean", "std"],
+                      [[s, ens["accuracy"][s], ens["accuracy_std"][s]] for s in ens["accuracy"]])
 
 
 def run_resume(run_dir: Path, out=None) -> dict:

@@ -304,7 +304,7 @@ def run_without_weights(run: Path) -> Path:
 
 def evaluate_bad_set(ctx: Ctx):
     return (["evaluate", ctx.trained, "--set", "model.hiden=3", "--out", ctx.out],
-            ["stored config", "model.hiden", "did you mean 'hidden'"])  # fmt: skip
+            ["--set model.hiden=3", "saved config", "only data.root"])  # fmt: skip
 
 
 def evaluate_missing(ctx: Ctx):

@@ -155,7 +155,7 @@ def test_gradient_with_label_smoothing_checks(lam):
     params = network.init_params(6, 7, 3, rng, "float64")
     x, y = rng.standard_normal((4, 6)), rng.integers(0, 3, size=4)
     result = gradcheck.compare(params, x, y, lam, 1e-5, smoothing=0.1)
-    assert max(r["max_rel_error"] for r in result.values()) < 1e-6
+    assert max(r["floored_rel_error"] for r in result.values()) * 10 <= 1e-6  # the verdict
 
 
 def test_gradcheck_command_uses_the_configured_smoothing(official_dir, tmp_path):
@@ -200,15 +200,14 @@ def test_rowwise_updates_are_bitwise_the_single_call(monkeypatch, nesterov):
     want_v *= 0.9
     want_v += 0.01 * g
     want_p -= (0.9 * want_v + 0.01 * g) if nesterov else want_v
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
-    assert parallel.threads() == 3
+    monkeypatch.setattr(parallel, "threads", lambda: 3)
     optim.momentum_update({"W1": p}, {"W1": g}, 0.01, {"W1": v}, 0.9, nesterov)
     np.testing.assert_array_equal(p, want_p)
     np.testing.assert_array_equal(v, want_v)
 
 
 def test_rowwise_covers_every_row_once(monkeypatch):
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    monkeypatch.setattr(parallel, "threads", lambda: 2)
     a = np.zeros((3001, 700), dtype=np.float32)
 
     def bump(block):
@@ -268,10 +267,21 @@ def test_bad_new_options_fail_at_load_time(tmp_path, sets, fragments):
     assert not (tmp_path / "runs").exists()
 
 
-def test_repeat_refuses_options_the_fused_path_lacks(official_dir, tmp_path):
-    res = invoke("train", SMOKE, "--set", f"data.root={official_dir}", "--set",
-                 "optim.label_smoothing=0.1", "--repeat", "2", "--out", tmp_path / "runs")
-    one_error_line(res, 2, "--repeat", "optim.label_smoothing")
+def test_repeat_trains_unfusable_options_one_after_another(official_dir, tmp_path):
+    sets = ["--set", f"data.root={official_dir}", "--set", "optim.label_smoothing=0.1",
+            "--set", "train.snapshots=[10, 20]"]  # fmt: skip
+    res = ok("train", SMOKE, *sets, "--repeat", "2", "--out", tmp_path / "runs", "--json", "-q")
+    s = json.loads(res.stdout)
+    assert s["repeat"] == 2 and s["fused"] is False
+    subs = [json.loads((Path(s["run_dir"]) / "repeats" / f"{k:02d}" / "summary.json").read_text())
+            for k in range(2)]  # fmt: skip
+    assert s["accuracy_runs"]["val"] == [sub["accuracy"]["val"] for sub in subs]
+    assert s["ensemble"]["accuracy_runs"]["test"] == [sub["ensemble"]["accuracy"]["test"]
+                                                      for sub in subs]  # fmt: skip
+    # the same numbers as each seed trained alone: nothing is shared between the repeats
+    alone = json.loads(ok("train", Path(s["run_dir"]) / "repeats" / "01" / "config.yaml",
+                          "--out", tmp_path / "a", "--json", "-q").stdout)  # fmt: skip
+    assert alone["accuracy"] == subs[1]["accuracy"]
 
 
 def test_search_trains_unfusable_trials_alone(official_dir):

@@ -32,4 +32,6 @@ def test_gradcheck_config_passes_on_real_data(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["passed"] and max(summary["max_rel_error"].values()) <= 1e-6
+    assert summary["passed"]
+    for part in (summary, summary["dropout"], summary["full_size"]):  # >= 10x inside, any CPU
+        assert max(part["floored_rel_error"].values()) * 10 <= summary["tolerance"], part

@@ -211,7 +211,7 @@ def test_gradcheck_through_a_fixed_dropout_mask_passes(lam):
     assert set(result) == set(PARAM_KEYS)
     for key, r in result.items():
         assert r["coords"] == params[key].size
-        assert r["max_rel_error"] < 1e-6, (key, r)
+        assert r["floored_rel_error"] * 10 <= 1e-6, (key, r)  # the verdict, >= 10x inside
 
 
 def test_gradcheck_catches_a_backward_that_ignores_the_mask(monkeypatch):
@@ -219,10 +219,10 @@ def test_gradcheck_catches_a_backward_that_ignores_the_mask(monkeypatch):
     mask = fixed_mask(x.shape[0], params["W1"].shape[1], 0.5)
     monkeypatch.setattr(network, "dropout_backward", lambda dout, cache: dout)
     result = gradcheck.compare(params, x, y, 0.0, 1e-5, mask=mask)
-    assert max(r["max_rel_error"] for r in result.values()) > 1e-2, result
-    assert result["W1"]["max_rel_error"] > 1e-2
+    assert result["W1"]["floored_rel_error"] > 1e-2, result  # O(1): 1e4 x the tolerance
+    assert result["b1"]["floored_rel_error"] > 1e-2
     # the output layer does not go through dropout_backward: still right
-    assert result["W2"]["max_rel_error"] < 1e-6
+    assert result["W2"]["floored_rel_error"] * 10 <= 1e-6
 
 
 def test_gradcheck_command_reports_the_dropout_problem(official_dir, tmp_path):
@@ -232,8 +232,10 @@ def test_gradcheck_command_reports_the_dropout_problem(official_dir, tmp_path):
     s = json.loads(result.stdout)
     drop = s["dropout"]
     assert drop["passed"] is True and drop["p"] == 0.5
-    assert set(drop["max_rel_error"]) == set(PARAM_KEYS)
-    assert all(0 <= v < 1e-6 for v in drop["max_rel_error"].values()), drop
+    assert set(drop["max_rel_error"]) == set(drop["floored_rel_error"]) == set(PARAM_KEYS)
+    # the verdict's measure, >= 10x under the tolerance on any CPU (the raw max relative error
+    # of W1 here is on the rounding floor: 3.5e-7 on one Xeon, 1.13e-6 on an EPYC)
+    assert all(v * 10 <= s["tolerance"] for v in drop["floored_rel_error"].values()), drop
     assert drop["max_rel_error"] != s["max_rel_error"]  # a different problem: the mask is used
     assert s["passed"] is True
     rows = read_csv(Path(s["run_dir"]) / "gradcheck.csv")
@@ -242,7 +244,8 @@ def test_gradcheck_command_reports_the_dropout_problem(official_dir, tmp_path):
     assert len(dropped) == 2 * 4  # lambdas x params
     assert {float(r["lambda"]) for r in dropped} == {0.0, 0.01}
     assert all(int(r["coords"]) == 20 * 50 for r in dropped if r["param"] == "W1")
-    assert all(float(r["max_rel_error"]) < 1e-6 for r in dropped)
+    assert all(float(r["floored_rel_error"]) * 10 <= 1e-6 for r in dropped)
+    assert all(int(r["skipped"]) == 0 for r in dropped if r["param"] in ("W2", "b2"))
 
 
 def test_gradcheck_command_fails_with_a_wrong_dropout_backward(official_dir, tmp_path,
@@ -256,7 +259,8 @@ def test_gradcheck_command_fails_with_a_wrong_dropout_backward(official_dir, tmp
     assert s["dropout"]["passed"] is False
     assert s["passed"] is False
     assert s["full_size"]["passed"] is True  # only the dropout path is wrong
-    assert max(s["max_rel_error"].values()) < 1e-6
+    assert max(s["floored_rel_error"].values()) * 10 <= s["tolerance"]
+    assert max(s["dropout"]["floored_rel_error"].values()) > 1e4 * s["tolerance"]  # O(1)
 
 
 # ---------------------------------------------------------------- momentum

@@ -28,7 +28,8 @@ def test_report_compares_marks_and_links(tmp_path, official_dir):
     out = tmp_path / "report"
     s = json.loads(ok("report", run, "--out", out, "--json").stdout)
     assert s["items"] == [{"item": "Table 2: smoke", "status": "explained", "run_dir": str(run),
-                           "misses": 1}]  # the impossible minimum misses; the note explains
+                           "misses": 1, "seeds": 1, "modified": []}]  # the impossible minimum
+    # misses; the note explains
     md = (out / "REPORT.md").read_text()
     summary = json.loads((run / "summary.json").read_text())
     rel = Path("..") / "runs" / run.name
@@ -67,9 +68,13 @@ def test_items_are_ordered_like_the_study(tmp_path, official_dir):
 def test_gradcheck_rows(tmp_path, official_dir):
     res = ok("gradcheck", ROOT / "configs" / "gradcheck.yaml", "--set",
              f"data.root={official_dir}", "--out", tmp_path / "runs", "--json")  # fmt: skip
-    item = report.load_item(Path(json.loads(res.stdout)["run_dir"]))
+    s = json.loads(res.stdout)
+    item = report.load_item(Path(s["run_dir"]))
     assert item.expected.item.startswith("Table 1") and len(item.rows) == 8
-    assert all(r.ok for r in item.rows)
+    assert all(r.ok for r in item.rows)  # the check's floored error, not the raw one
+    reduced = [r for r in item.rows if "(reduced" in r.label]
+    assert [r.ours for r in reduced] == list(s["max_rel_error"].values())  # the study's measure
+    assert all(r.study == 1e-6 and r.kind == "err" for r in item.rows)  # beside the study's
 
 
 def test_search_rows_pair_our_ranks_with_the_study(tmp_path, official_dir):
@@ -89,12 +94,23 @@ def test_search_rows_pair_our_ranks_with_the_study(tmp_path, official_dir):
 def test_report_errors_are_one_line_and_write_nothing(tmp_path, official_dir):
     bare = train_run(tmp_path, official_dir, None)  # smoke.yaml has expected: null
     out = tmp_path / "report"
-    one_error_line(invoke("report", bare, "--out", out), 1, str(bare), "expected")
+    one_error_line(invoke("report", bare, "--out", out), 1, str(bare), "nothing to report",
+                   "expected")  # fmt: skip
     one_error_line(invoke("report", tmp_path / "nope", "--out", out), 1, "not a run directory")
     summary = json.loads((bare / "summary.json").read_text())
     (bare / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
     one_error_line(invoke("report", bare, "--out", out), 1, "not completed")
     assert not out.exists()
+
+
+def test_runs_that_cannot_be_compared_are_skipped_with_a_note(tmp_path, official_dir):
+    good = train_run(tmp_path, official_dir, "{item: 'Table 2: smoke'}")
+    bare = train_run(tmp_path, official_dir, None)
+    out = tmp_path / "report"
+    s = json.loads(ok("report", good, bare, "--out", out, "--json").stdout)
+    assert [i["item"] for i in s["items"]] == ["Table 2: smoke"]
+    assert len(s["skipped"]) == 1 and str(bare) in s["skipped"][0]
+    assert "## Skipped" in (out / "REPORT.md").read_text()
 
 
 def test_old_runs_take_expected_from_the_config_their_command_names(tmp_path, official_dir):
@@ -129,25 +145,38 @@ def test_every_shipped_table_config_states_its_item():
         assert load_config(ROOT / "configs" / f"{stem}.yaml").expected is not None, stem
 
 
-def test_make_report_reuses_finished_runs_and_runs_the_rest(tmp_path, monkeypatch):
+def test_make_report_reuses_counted_runs_and_runs_the_rest(tmp_path, monkeypatch):
     out = tmp_path / "runs"
-    for name, status in (("20260101-000000-train-default", "completed"),
-                         ("20260102-000000-train-default", "failed"),
-                         ("20260101-000000-search-search-coarse", "completed")):
+    # (name, what load_item finds): only an unmodified run over enough seeds is reused
+    found = {"20260101-000000-train-default": ([], 5),
+             "20260102-000000-train-default": (["seed=1"], 5),  # newer but modified
+             "20260103-000000-train-default": None,  # newest, but not a finished run
+             "20260101-000000-train-cycles3": ([], 1),  # too few seeds
+             "20260101-000000-search-search-coarse": ([], 5)}  # fmt: skip
+    for name in found:
         (out / name).mkdir(parents=True)
-        (out / name / "summary.json").write_text(json.dumps({"status": status}))
+
+    def fake_load_item(run):
+        if found[run.name] is None:
+            raise report.Skipped("not completed")
+        modified, seeds = found[run.name]
+        return report.Item(run, {}, load_config(SMOKE).expected, seeds, modified)
+
     ran, reported = [], []
 
     def fake_cifar2l(*args):
         ran.append(args)
         return {"run_dir": str(out / f"new-{Path(args[1]).stem}")}
 
+    monkeypatch.setattr(report, "load_item", fake_load_item)
     monkeypatch.setattr(tables, "cifar2l", fake_cifar2l)
     monkeypatch.setattr(tables.subprocess, "run", lambda cmd, **kw: reported.append(cmd))
-    tables.report(out, jobs=2)
+    tables.report_target(out, jobs=2)
     stems = [Path(a[1]).stem for a in ran]
     assert "default" not in stems and "search-coarse" not in stems  # reused
-    assert len(ran) == len(tables.REPORT_ITEMS) - 2
+    assert "cycles3" in stems and len(ran) == len(tables.REPORT_ITEMS) - 2
+    assert str(out / "20260101-000000-train-default") in reported[0]
     fine = next(a for a in ran if Path(a[1]).stem == "search-fine")
     assert fine[-2:] == ("--refine", str(out / "20260101-000000-search-search-coarse"))
-    assert str(out / "20260101-000000-train-default") in reported[0]
+    default = load_config(ROOT / "configs" / "cycles3.yaml").expected.seeds
+    assert next(a for a in ran if Path(a[1]).stem == "cycles3")[-2:] == ("--repeat", str(default))
