@@ -1,0 +1,72 @@
+"""The README's example commands run as written (issue 13).
+
+Every `cifar2l ...` line of a ```bash block in README.md is run, block by block in order, in a
+scratch directory holding the shipped configs, on the real data (CIFAR2L_DATA; CI sets it).
+Lines that take minutes are listed in SLOW with the reason; the test fails when a listed line
+no longer appears in the README (so the list cannot go stale) and when a README command fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REAL_DATA, ROOT
+
+README = ROOT / "README.md"
+BIN = Path(sys.executable).parent
+
+# Lines that run for minutes on the real data; each is exercised elsewhere on tiny data.
+SLOW = {
+    "cifar2l train configs/final.yaml --set train.checkpoint_every=2000 --out runs/demo":
+        "98 epochs (tests/test_resume.py interrupts and resumes runs)",
+    "cifar2l train --resume runs/demo/*-train-final": "needs the interrupted run above",
+    "cifar2l train configs/best.yaml": "27 minutes",
+    "cifar2l lrrange configs/lrrange-80.yaml --repeat 5": "5 sweeps of 16 s",
+    "cifar2l search configs/search-coarse.yaml --jobs 2 --dir runs/coarse --repeat-best 5":
+        "2 minutes (tests/test_search.py runs searches on tiny data)",
+    "cifar2l search configs/search-fine.yaml --refine runs/coarse --dir runs/fine":
+        "1 minute, after the coarse search",
+    "cifar2l search configs/search-coarse.yaml --dir runs/coarse --shard 0/4":
+        "a shard of the coarse search",
+    "cifar2l search collect runs/coarse": "after the shards",
+    "cifar2l search --resume runs/coarse": "after an interrupted coarse search",
+    "cifar2l search configs/search-best.yaml --dir runs/search-best": "15 minutes",
+}  # fmt: skip
+
+
+def bash_blocks(text: str) -> list[list[str]]:
+    """The `cifar2l` command lines of each ```bash block (comments stripped)."""
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    out = []
+    for block in blocks:
+        lines = [re.sub(r"\s+#.*$", "", line).strip() for line in block.splitlines()]
+        out.append([line for line in lines if line.startswith("cifar2l ")])
+    return [b for b in out if b]
+
+
+def test_the_slow_list_names_readme_commands():
+    commands = {c for block in bash_blocks(README.read_text()) for c in block}
+    assert set(SLOW) <= commands, set(SLOW) - commands
+
+
+@pytest.mark.skipif(not REAL_DATA, reason="CIFAR2L_DATA not set (CI sets it)")
+def test_readme_commands_run_as_written(tmp_path, monkeypatch):
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    env = {**os.environ, "CIFAR2L_DATA": REAL_DATA, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    ran = 0
+    for block in bash_blocks(README.read_text()):
+        for command in block:
+            if command in SLOW:
+                continue
+            proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
+                                  capture_output=True, text=True, timeout=300)  # fmt: skip
+            assert proc.returncode == 0, (command, proc.stderr[-2000:])
+            ran += 1
+    assert ran >= 10
