@@ -333,13 +333,16 @@ def report(
 ):
     """Compare runs with the study: REPORT.md and a self-contained report.html.
 
-    Each run's config names the study's item and numbers (`expected:`); rows that miss by more
-    than the tolerance are marked. `make report` runs what is missing first.
+    Ours is the mean +- std over each run's seeds; a row is ok when |mean - study| <= max(tolerance, 2 std).
+
+    A run that differs from its item's shipped config is shown as modified and not counted.
+
+    Runs of other commands are skipped with a note. `make report` runs what is missing first.
 
     Example:
 
         cifar2l report runs/*-train-default runs/*-train-cycles3 --out report
-    """
+    """  # noqa: E501
     from .report import run_report
 
     _execute(lambda: run_report(run_dirs, out), quiet, as_json)

@@ -426,9 +426,9 @@ def _repeats_alone(run, cfgs: list, prep, clock: runs.Clock) -> list[dict]:
     subs = []
     for k, c in enumerate(cfgs):
         text, own = config_mod.dump_yaml(c), runs.Clock()
+        console.log(f"repeat {k + 1} of {len(cfgs)} (init_seed {c.init_seed})")
         with runs.start_run(_repeat_dir(run, k), "train", c, text) as sub:
-            with console.quiet():
-                train_run(sub, c, prep, text, own)
+            train_run(sub, c, prep, text, own)  # its rows and progress bar show as usual
         for key, v in own.seconds.items():
             clock.seconds[key] = clock.seconds.get(key, 0.0) + v
         subs.append(sub.summary)

@@ -8,11 +8,13 @@ no longer appears in the README (so the list cannot go stale) and when a README 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,13 +62,15 @@ def test_the_slow_list_names_readme_commands():
 def test_readme_commands_run_as_written(tmp_path, monkeypatch):
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     env = {**os.environ, "CIFAR2L_DATA": REAL_DATA, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    ran = 0
+    took = {}
     for block in bash_blocks(README.read_text()):
         for command in block:
             if command in SLOW:
                 continue
+            start = time.perf_counter()
             proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env,
                                   capture_output=True, text=True, timeout=300)  # fmt: skip
             assert proc.returncode == 0, (command, proc.stderr[-2000:])
-            ran += 1
-    assert ran >= 10
+            took[command] = round(time.perf_counter() - start, 1)
+    print(json.dumps(took, indent=1))  # shown with -s: what to move to SLOW when it grows
+    assert len(took) >= 10

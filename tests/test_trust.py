@@ -287,3 +287,11 @@ def test_repeat_best_retrains_the_winner_over_seeds(tmp_path, official_dir):
     assert rows[-1].std == pytest.approx(again["accuracy_std"]["val"])
     assert s["timing"]["best_repeat"] > 0
     assert sum(s["timing"].values()) == pytest.approx(s["seconds"], abs=0.01)
+
+
+def test_search_workers_split_the_threads(tmp_path, official_dir):
+    s = smoke_search(tmp_path, official_dir, "--jobs", "2")
+    assert s["completed"] == 3
+    want = threads.split(threads.choose().threads, 2)
+    for trial in sorted((tmp_path / "s" / "trials").glob("*/summary.json")):
+        assert json.loads(trial.read_text())["machine"]["threads"] == want
