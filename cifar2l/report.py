@@ -23,6 +23,7 @@ import csv
 import html
 import json
 import os
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,7 +306,7 @@ def markdown(items_: list[Item], out: Path, meta: dict) -> str:
         if it.modified:
             lines += [f"**Modified** (not counted): {', '.join(it.modified)}.", ""]
         if it.expected.source:
-            lines += [f"Study: {it.expected.source}. Run: `{' '.join(it.summary.get('argv', []))}`"
+            lines += [f"Study: {it.expected.source}. Run: `{command_line(it.summary)}`"
                       f" ({it.seeds} seed{'s' if it.seeds > 1 else ''})", ""]  # fmt: skip
         lines += ["| | ours | study | difference | |", "|---|---|---|---|---|"]
         for r in it.rows:
@@ -333,7 +334,13 @@ def run_facts(item: Item) -> list[str]:
     return [item.run.name, s.get("command", ""), f"{s.get('seconds') or 0:.1f} s",
             f"{data.get('source', '-')} ({data.get('format', '-')})" if data else "-",
             machine.one_line(m) if m else "-", s.get("versions", {}).get("cifar2l", "-"),
-            " ".join(s.get("argv", []))]  # fmt: skip
+            command_line(s)]  # fmt: skip
+
+
+def command_line(summary: dict) -> str:
+    """The command as typed: `cifar2l train ...` (argv[0] is the entry point or __main__.py)."""
+    argv = summary.get("argv") or []
+    return shlex.join(["cifar2l", *argv[1:]]) if argv else "-"
 
 
 RUN_COLUMNS = ["run", "command", "wall time", "data", "machine", "cifar2l", "command line"]
