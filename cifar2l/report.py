@@ -399,7 +399,7 @@ def performance_md(tables: list[dict]) -> list[str]:
         if b["text"] is None:
             lines += [f"Not measured (no benchmarks/{b['name']}).", ""]
         else:
-            lines += [f"*{b['label'].capitalize()}.*", "", b["text"], ""]
+            lines += [f"*{b['label'][0].upper()}{b['label'][1:]}.*", "", b["text"], ""]
     return lines
 
 
