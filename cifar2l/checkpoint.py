@@ -10,15 +10,16 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-from dataclasses import dataclass
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import RunError
+from .loop import STREAMS, TrainState
+from .runs import save_npz
 
 NAME = "checkpoint.npz"
-STREAMS = ("shuffle", "dropout", "augment")
 
 
 class Interrupted(BaseException):
@@ -26,9 +27,9 @@ class Interrupted(BaseException):
 
     status = "interrupted"
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, state=None):
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
-        self.signum = signum
+        self.signum, self.state = signum, state  # state: the loop's, where it stopped
         self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM
 
 
@@ -73,28 +74,20 @@ def take_pending() -> int | None:
     return signum
 
 
-@dataclass
-class State:
-    step: int
-    params: dict
-    velocity: dict | None
-    order: np.ndarray
-    rng_states: dict
-    rows: list[dict]
-    timing: list[dict]
-
-
-def save(path: Path, state: State) -> None:
-    from .runs import save_npz
-
+def save(path: Path, state) -> None:
+    """A loop.TrainState, atomically: its arrays and, as JSON, the rest."""
     arrays = {f"p_{k}": v for k, v in state.params.items()}
     arrays |= {f"v_{k}": v for k, v in (state.velocity or {}).items()}
-    meta = {"step": state.step, "rng_states": state.rng_states, "rows": state.rows,
-            "timing": state.timing, "momentum": state.velocity is not None}  # fmt: skip
-    save_npz(path, order=state.order, meta=np.array(json.dumps(meta)), **arrays)
+    meta = {"step": state.step, "rng_states": rng_states(state.rngs), "rows": state.rows,
+            "timing": state.timing, "momentum": state.velocity is not None,
+            "diverged": {str(k): list(v) for k, v in state.diverged.items()},
+            "trials": len(state.rows)}  # fmt: skip
+    order = np.zeros(0, np.int64) if state.order is None else state.order
+    save_npz(path, order=order, meta=np.array(json.dumps(meta)), **arrays)
 
 
-def load(path: Path) -> State:
+def load(path: Path):
+    """The loop.TrainState saved in `path`; RunError when it is missing or unreadable."""
     try:
         with np.load(path, allow_pickle=False) as f:
             meta = json.loads(str(f["meta"]))
@@ -103,16 +96,31 @@ def load(path: Path) -> State:
             order = f["order"]
     except FileNotFoundError:
         raise RunError(f"{path}: no checkpoint to resume from") from None
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise RunError(f"{path}: unreadable checkpoint ({e})") from None
-    return State(meta["step"], params, velocity if meta["momentum"] else None, order,
-                 meta["rng_states"], meta["rows"], meta["timing"])  # fmt: skip
+    rows = meta["rows"] if "trials" in meta else [meta["rows"]]  # older: one network's rows
+    return TrainState(stacked(params), stacked(velocity) if meta["momentum"] else None,
+                      generators(meta["rng_states"]), meta["step"], order if order.size else None,
+                      rows, {int(k): tuple(v) for k, v in meta.get("diverged", {}).items()},
+                      meta["timing"])  # fmt: skip
+
+
+def stacked(params: dict) -> dict:
+    """Params in the stack layout (T = 1 for a checkpoint of the single-network layout)."""
+    if params["W1"].ndim == 3:
+        return params
+    return {"W1": params["W1"][:, None, :], **{k: params[k][None] for k in ("b1", "W2", "b2")}}
 
 
 def rng_states(rngs: dict) -> dict:
     return {k: rngs[k].bit_generator.state for k in STREAMS}
 
 
-def restore_rngs(rngs: dict, states: dict) -> None:
+def generators(states: dict) -> dict:
+    """Generators continuing exactly where the saved ones stood."""
+    out = {}
     for k in STREAMS:
-        rngs[k].bit_generator.state = states[k]
+        bit = getattr(np.random, states[k]["bit_generator"])()
+        bit.state = states[k]
+        out[k] = np.random.Generator(bit)
+    return out

@@ -13,19 +13,9 @@ import numpy as np
 
 from . import network
 from .errors import RunError
-from .evaluate import load_weights, save_weights
-from .schedule import cycle_length, total_steps
+from .weights import load_weights, save_weights
 
 DIR = "snapshots"
-
-
-def snapshot_steps(cfg) -> list[int]:
-    """The updates after which the weights are kept (ascending)."""
-    snaps = cfg.train.snapshots
-    if snaps == "cycles":
-        n = cycle_length(cfg.schedule)
-        return list(range(n, total_steps(cfg.schedule) + 1, n))
-    return list(snaps or [])
 
 
 def snapshot_path(run_path: Path, step: int) -> Path:
@@ -51,7 +41,7 @@ def average_probabilities(paths: list[Path], x) -> np.ndarray:
     """Mean of the members' softmax outputs (N, C), one member in memory at a time."""
     total = None
     for path in paths:  # a wide member is tens of MB
-        p = network.probabilities(load_weights(path).params, x)
+        p = network.probabilities(load_weights(path).params, x)[0]
         total = p if total is None else total + p
     return total / len(paths)
 

@@ -2,74 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import time
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import config as config_mod
 from . import console, data, network, plots, runs
+from . import ensemble as ens
 from .errors import ConfigError, RunError
-from .network import PARAM_KEYS
 from .rngs import make_rngs
+from .weights import Weights, load_weights
 
 SPLITS = ("train", "val", "test")
 # The only keys `evaluate --set` may change: where the data lives. Anything else (the seed, the
 # split sizes, the batches) would rebuild other splits than the ones the run was trained with.
 SETTABLE = ("data.root",)
-
-
-@dataclass
-class Weights:
-    params: dict
-    mean: np.ndarray
-    std: np.ndarray
-    classes: list[str]
-    config_text: str
-    path: Path
-    fingerprints: dict[str, str] | None = None  # split -> data.fingerprint (None: older file)
-
-
-def save_weights(path: Path, params: dict, prep, config_text: str):
-    """Params, the training split's statistics, class names, the splits' fingerprints and the
-    resolved config, in one file."""
-    runs.save_npz(path, **params, mean=prep.mean, std=prep.std, classes=np.array(prep.classes),
-                  config=np.array(config_text),
-                  fingerprints=np.array(json.dumps(prep.fingerprints)))  # fmt: skip
-
-
-def weights_path(target: Path) -> Path:
-    path = target / "weights.npz" if target.is_dir() else target
-    if not path.is_file():
-        raise RunError(f"{path}: no weights file (give a run directory or a weights.npz)")
-    return path
-
-
-def load_weights(target: Path) -> Weights:
-    path = weights_path(Path(target))
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            params = {k: f[k] for k in PARAM_KEYS}
-            prints = json.loads(str(f["fingerprints"])) if "fingerprints" in f else None
-            w = Weights(params, f["mean"], f["std"], [str(c) for c in f["classes"]],
-                        str(f["config"]), path, prints)  # fmt: skip
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise RunError(f"{path}: not a cifar2l weights file ({e})") from None
-    check_shapes(w)
-    return w
-
-
-def check_shapes(w: Weights) -> None:
-    p = w.params
-    d, h = p["W1"].shape if p["W1"].ndim == 2 else (None, None)
-    expected = {"b1": (h,), "W2": (h, len(w.classes)), "b2": (len(w.classes),)}
-    bad = [k for k, s in expected.items() if p[k].shape != s]
-    if d is None or bad or w.mean.shape != (d,) or w.std.shape != (d,):
-        shapes = ", ".join(f"{k} {p[k].shape}" for k in PARAM_KEYS)
-        raise RunError(f"{w.path}: inconsistent weight shapes ({shapes})")
 
 
 def split_rows(w: Weights, overrides: list[str], split: str):
@@ -132,8 +80,6 @@ def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str 
                  ensemble: bool = False) -> dict:  # fmt: skip
     """Score a run's weights on a split; with `ensemble`, the average of its snapshots'
     softmax outputs instead of its final weights."""
-    from . import ensemble as ens
-
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r}: allowed values: {', '.join(SPLITS)}")
     started = time.perf_counter()
@@ -141,7 +87,7 @@ def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str 
     w = load_weights(paths[-1] if paths else target)  # the stored config and standardisation
     cfg, x, y = split_rows(w, overrides, split)
     probs = ens.average_probabilities(paths, x) if paths else None
-    pred = probs.argmax(axis=1) if paths else network.predict(w.params, x)
+    pred = probs.argmax(axis=1) if paths else network.predict(w.params, x)[0]
     result = score(pred, y, w.classes)
     run_name = name or (Path(target) if paths else w.path.parent).name
     with runs.open_run(out, "evaluate", run_name, cfg, config_mod.dump_yaml(cfg), started) as run:

@@ -113,21 +113,22 @@ def noise_estimate(d1, d2, jmax, h: float):
     return ROUNDOFF_ULPS * EPS * np.asarray(jmax) / h + np.abs(np.asarray(d1) - d2)
 
 
-def kink_entries(key: str, entries: list[tuple], params, x, mask, h: float) -> np.ndarray:
+def kink_entries(key: str, entries: list[tuple], params, x, drop, h: float) -> np.ndarray:
     """(K,) bool: entries whose probes (steps up to 2h) can move a live s1[n, j] across 0.
 
-    W1[i, j] moves s1[n, j] = x[n] @ W1[:, j] + b1[j] by step * x[n, i]; b1[j] moves it by the
-    step; W2 and b2 move no pre-activation (the softmax and L2 are smooth). A fixed dropout mask
-    is constant, so it adds no kink; a unit it drops (mask[n, j] == 0) gives 0 on both sides
-    of its kink, so that kink cannot bend the cost and is not counted.
+    params: a stack of T = 1 (entries of W1 are (i, 0, j), of b1 (0, j)). W1[i, 0, j] moves
+    s1[n, j] = x[n] @ W1[:, 0, j] + b1[0, j] by step * x[n, i]; b1 moves it by the step; W2 and
+    b2 move no pre-activation (the softmax and L2 are smooth). A fixed dropout mask (drop: the
+    draws u (N, H) and p) is constant, so it adds no kink; a unit it drops gives 0 on both
+    sides of its kink, so that kink cannot bend the cost and is not counted.
     """
     if key not in ("W1", "b1") or not entries:
         return np.zeros(len(entries), dtype=bool)
-    idx = np.array(entries).reshape(len(entries), -1)  # (K, 2) for W1, (K, 1) for b1
+    idx = np.array(entries).reshape(len(entries), -1)  # (K, 3) for W1, (K, 2) for b1
     j = idx[:, -1]
-    s1 = x @ params["W1"] + params["b1"]  # (N, H)
+    s1 = network.first_layer(x, params["W1"])[:, 0] + params["b1"][0]  # (N, H)
     moves = np.abs(x[:, idx[:, 0]]) if key == "W1" else np.ones((x.shape[0], len(j)))  # (N, K)
-    live = np.ones(s1.shape, dtype=bool) if mask is None else np.asarray(mask) != 0
+    live = np.ones(s1.shape, dtype=bool) if drop is None else drop[0] >= np.float32(drop[1])
     near = np.abs(s1[:, j]) < KINK_MARGIN * 2 * h * moves  # strict: x[n, i] = 0 moves nothing
     return (near & live[:, j]).any(axis=0)
 
@@ -153,24 +154,26 @@ def entry_errors(ga, d1, d2, jmax, kinks, h: float, resolution: float) -> dict:
     }
 
 
-def compare(params, x, y, lam: float, h: float, coords=None, mask=None,
+def compare(params, x, y, lam: float, h: float, coords=None, drop=None,
             smoothing: float = 0.0, resolution: float = RESOLUTION) -> dict[str, dict]:  # fmt: skip
     """Per parameter: coords, skipped (at a ReLU kink), mean/max abs difference, max relative
     error, noise (largest error estimate of gn) and floored_rel_error (the verdict's measure).
 
-    x (N, D), y (N,). coords: None for every entry, else {key: list of index tuples}. mask: a
-    fixed, scaled dropout mask (N, H) for the hidden layer, used by both gradients. smoothing:
-    the loss's label smoothing (optim.label_smoothing). Every number leaves the skipped out.
+    params: a stack of T = 1; x (N, D), y (N,). coords: None for every entry, else {key: list
+    of index tuples}. drop: (u, p), uniform draws u (N, H) and a drop probability p that fix
+    one dropout mask for both gradients. smoothing: the loss's label smoothing
+    (optim.label_smoothing). Every number leaves the skipped out.
     """
-    _, _, grads = network.loss_and_grads(params, x, y, lam, mask=mask, smoothing=smoothing)
+    u, p = drop if drop is not None else (None, 0.0)
+    _, _, grads = network.loss_and_grads(params, x, y, lam, p, u, smoothing)
 
     def cost():
-        return network.cost(params, x, y, lam, mask, smoothing)
+        return float(network.cost(params, x, y, lam, p, u, smoothing)[0])
 
     out = {}
     for key in PARAM_KEYS:
         entries = coords[key] if coords else list(np.ndindex(params[key].shape))
-        kinks = kink_entries(key, entries, params, x, mask, h)
+        kinks = kink_entries(key, entries, params, x, drop, h)
         ga = np.array([grads[key][i] for i in entries], dtype=np.float64)
         d1, d2, jmax = np.array([probe(cost, params[key], i, h) for i in entries]).T
         out[key] = entry_errors(ga, d1, d2, jmax, kinks, h, resolution)
@@ -209,13 +212,13 @@ def check(cfg) -> tuple[list[dict], dict]:
     coords = sample_coords(full, gc.full_size_coords, rngs["shuffle"])
     xr, yr = x[: gc.samples, : gc.dims], y[: gc.samples]
     xf, yf = x[: gc.full_size_samples], y[: gc.full_size_samples]
-    keep = rngs["dropout"].random((gc.samples, gc.hidden)) >= gc.dropout
-    mask = keep / (1 - gc.dropout)  # one fixed inverted-dropout mask for the dropout path
+    # one fixed inverted-dropout mask for the dropout path: draws as the training step's
+    drop = (rngs["dropout"].random((gc.samples, gc.hidden), dtype=np.float32), gc.dropout)
     run = partial(compare, h=gc.h, smoothing=cfg.optim.label_smoothing, resolution=gc.resolution)
     rows = []
     for lam in gc.lambdas:
         for problem, result in (("reduced", run(reduced, xr, yr, lam)),
-                                ("reduced_dropout", run(reduced, xr, yr, lam, mask=mask)),
+                                ("reduced_dropout", run(reduced, xr, yr, lam, drop=drop)),
                                 ("full_size", run(full, xf, yf, lam, coords=coords))):  # fmt: skip
             rows += [{"problem": problem, "lambda": lam, "param": k, **v}
                      for k, v in result.items()]  # fmt: skip

@@ -18,17 +18,12 @@ import time
 
 import numpy as np
 
-from . import console, data, network, plots, runs
+from . import config as config_mod
+from . import console, data, loop, network, optim, plots, runs
 from .errors import DivergedError, RunError
-from .rngs import make_rngs
-from .train import (
-    check_batch_size,
-    data_summary,
-    epoch_order,
-    gather,
-    make_step,
-    steps_per_epoch,
-)
+from .loop import steps_per_epoch
+from .rngs import init_seeds, make_rngs
+from .train import check_batch_size, data_summary
 
 COLUMNS = ["step", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
 RISE_START = 0.1
@@ -46,48 +41,59 @@ def sweep_steps(rc, per_epoch: int) -> int:
     return rc.steps if rc.steps is not None else rc.epochs * per_epoch
 
 
-def evaluate_row(params, t: int, lr: float, train_sub, val, lam: float) -> dict:
-    tr = network.evaluate(params, train_sub.x, train_sub.y, lam)
-    va = network.evaluate(params, val.x, val.y, lam)
-    return {"step": t, "lr": lr, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-            "val_loss": va["loss"], "val_accuracy": va["accuracy"]}  # fmt: skip
+def sweep_stack(cfg, total: int) -> loop.Stack:
+    """The training loop's stack of one network under the rising rate, with metric rows every
+    `eval_every` updates and at the end; the sweep has its own stop rule (no explosion bound)."""
+    rc = cfg.lrrange
+
+    def eta(t: int) -> float:
+        return lr_at(t, total, rc.lr_min, rc.lr_max, rc.mode)
+
+    points = set(range(rc.eval_every, total + 1, rc.eval_every)) | {total}
+    return loop.make_stack([cfg], log_at=points, exploded=math.inf, etas=[eta], total=total)
 
 
 def sweep(params, prep, cfg, rngs, on_row=None, on_step=None) -> tuple[list[dict], str]:
-    """Train under the rising rate; return the evaluated rows and why the sweep ended."""
-    rc, batch = cfg.lrrange, cfg.train.batch_size
-    x, y = prep.train.x, prep.train.y
-    per_epoch = steps_per_epoch(len(y), batch)
-    total = sweep_steps(rc, per_epoch)
-    train_sub = data.Split(x[: rc.train_eval_rows], y[: rc.train_eval_rows])
-    step = make_step(params, cfg, rngs, exploded=math.inf)  # the sweep has its own stop rule
-    xp = network.array_module(x)
-    xb = xp.empty((batch, x.shape[1]), dtype=x.dtype)
-    rows, lowest = [], math.inf
-    for t in range(total):
-        lr = lr_at(t, total, rc.lr_min, rc.lr_max, rc.mode)
-        epoch, i = divmod(t, per_epoch)
-        if i == 0:
-            order = epoch_order(len(y), cfg.train.shuffle, rngs["shuffle"])
-        idx = order[i * batch : (i + 1) * batch]
-        gather(x, idx, xb)
-        try:
-            step(xb, y[idx], lr, t)
-        except DivergedError:
-            return rows, f"non-finite loss at step {t} (lr={lr:.4g})"
-        if (t + 1) % rc.eval_every == 0 or t == total - 1:
-            rows.append(evaluate_row(params, t + 1, lr, train_sub, prep.val, cfg.optim.lambda_))
-            if on_row:
-                on_row(rows[-1])
-            loss = rows[-1]["train_loss"]
-            if not math.isfinite(loss):
-                return rows, f"non-finite train loss at step {t + 1} (lr={lr:.4g})"
-            lowest = min(lowest, loss)
-            if loss > rc.stop_factor * lowest:
-                return rows, f"train loss {loss:.4g} > {rc.stop_factor:g} x its minimum"
-        if on_step:
-            on_step(1)
-    return rows, "reached lr_max"
+    """Train under the rising rate; return the evaluated rows and why the sweep ended.
+
+    params: a stack of T = 1; rngs: make_rngs(cfg.seed) (the shuffle, dropout, augment streams).
+    """
+    rc = cfg.lrrange
+    total = sweep_steps(rc, steps_per_epoch(len(prep.train.y), cfg.train.batch_size))
+    stack = sweep_stack(cfg, total)
+    state = loop.TrainState(params, optim.init_velocity(params, stack.opt),
+                            {k: rngs[k] for k in loop.STREAMS}, rows=[[]])  # fmt: skip
+    rows, ended = [], ["reached lr_max"]
+    train_sub = data.Split(prep.train.x[: rc.train_eval_rows], prep.train.y[: rc.train_eval_rows])
+    hooks = loop.Hooks(rows=stop_rule(rows, ended, stack, rc, on_row), step=on_step)
+    try:
+        loop.run(state, stack, loop.Data(prep.train, prep.val, train_sub), hooks)
+    except DivergedError:
+        t, lr = state.diverged[0]
+        ended[0] = f"non-finite loss at step {t} (lr={lr:.4g})"
+    return rows, ended[0]
+
+
+def stop_rule(rows: list, ended: list, stack: loop.Stack, rc, on_row):
+    """rows(state, t): the sweep's row (the rate of the update just made), then its stop rule:
+    a non-finite train loss, or one above stop_factor x its minimum so far."""
+
+    def hook(state, t: int) -> None:
+        r = state.rows[0][-1]
+        rows.append({"step": t, "lr": float(stack.etas[0](t - 1)),
+                     **{k: r[k] for k in COLUMNS[2:]}})  # fmt: skip
+        if on_row:
+            on_row(rows[-1])
+        loss, lowest = rows[-1]["train_loss"], min(x["train_loss"] for x in rows)
+        if not math.isfinite(loss):
+            ended[0] = f"non-finite train loss at step {t} (lr={rows[-1]['lr']:.4g})"
+        elif loss > rc.stop_factor * lowest:
+            ended[0] = f"train loss {loss:.4g} > {rc.stop_factor:g} x its minimum"
+        else:
+            return
+        raise loop.StopTraining(ended[0])
+
+    return hook
 
 
 def smooth(values: list[float], window: int) -> np.ndarray:
@@ -164,9 +170,6 @@ RULE = "eta_min: 10% of the smoothed validation-accuracy rise; eta_max: its maxi
 def repeat_into(run, cfg, prep, source: str, repeat: int) -> dict:
     """K sweeps (one per initialisation seed) in repeats/<k>/; the top suggestion is their
     geometric mean, with the spread as a factor (10 ** std of log10)."""
-    from . import config as config_mod
-    from .search import init_seeds
-
     seeds = init_seeds(cfg.seed if cfg.init_seed is None else cfg.init_seed, repeat)
     found = []
     for k, seed in enumerate(seeds):

@@ -1,63 +1,74 @@
 """Optimizer updates, kept apart from the gradient so gradients can be checked on their own.
 
-Every update is element-wise; `parallel.rowwise` spreads it over the cores for wide layers
-(bitwise the same result as one call).
+One update for every optimizer and every trial of a stack: plain SGD, heavy-ball momentum
+(the study's form: v = gamma v + lr g; p -= v) or Nesterov (p -= gamma v + lr g), the L2
+gradient 2 lambda W and decoupled weight decay (Loshchilov & Hutter 2019: W -= lr wd W), with
+per-trial (T,) vectors lr, lambda, gamma, wd. kernels.update does it in one pass over each
+parameter (its NumPy reference for other arrays): the L2 gradient is added there rather than
+in a separate pass over the weight gradient (network.add_l2_gradient is that pass, for checks).
 """
 
 from __future__ import annotations
 
-from .parallel import rowwise
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels
+from .network import WEIGHT_KEYS, array_module
 
 
-def sgd_update(params: dict, grads: dict, lr: float) -> None:
-    """Vanilla mini-batch gradient descent, in place: p -= lr * dp."""
-    def step(p, g):
-        p -= lr * g
+@dataclass(frozen=True)
+class Optimizer:
+    """Per-trial settings (T,) float64: L2 coefficient, momentum, decoupled weight decay."""
 
-    for key, g in grads.items():
-        rowwise(step, params[key], g)
+    lam: np.ndarray
+    gamma: np.ndarray
+    weight_decay: np.ndarray
+    nesterov: bool = False
+
+    @property
+    def momentum(self) -> bool:
+        return bool(np.any(self.gamma > 0))
 
 
-def init_velocity(params: dict) -> dict:
-    """Zero momentum buffers, one per parameter."""
+def init_velocity(params: dict, opt: Optimizer | None = None) -> dict | None:
+    """Zero momentum buffers, one per parameter (None when no trial uses momentum)."""
+    if opt is not None and not opt.momentum:
+        return None
     return {k: v * 0 for k, v in params.items()}
 
 
-def momentum_update(params: dict, grads: dict, lr: float, velocity: dict, gamma: float,
-                    nesterov: bool = False) -> None:  # fmt: skip
-    """Heavy-ball momentum, in place (the study's form): v = gamma v + lr g; p -= v.
+def trial_view(key: str, a):
+    """A parameter as (R, T, K), the trial on the middle axis: W1 (D, T, H) as it is,
+    b1 (T, H) -> (1, T, H), W2 (T, H, C) -> (1, T, H*C), b2 (T, C) -> (1, T, C)."""
+    if key == "W1":
+        return a
+    return a.reshape(1, a.shape[0], -1)
 
-    Nesterov: p -= gamma v + lr g, with v updated as above (the look-ahead step).
-    """
-    def step(p, g, v):
-        v *= gamma
-        v += lr * g
-        if nesterov:
-            p -= gamma * v + lr * g
-        else:
-            p -= v
 
+def vectors(key: str, opt: Optimizer, lr: np.ndarray, dtype) -> tuple:
+    """(lr, l2, gamma, decay) (T,) in the parameter's dtype; biases get no L2 and no decay."""
+    lr = np.asarray(lr, dtype=np.float64)
+    weight = key in WEIGHT_KEYS
+    l2 = 2 * opt.lam if weight else np.zeros_like(lr)
+    decay = lr * opt.weight_decay if weight else np.zeros_like(lr)
+    return tuple(np.asarray(v, dtype=dtype) for v in (lr, l2, opt.gamma, decay))
+
+
+def update(params: dict, grads: dict, lr, velocity: dict | None, opt: Optimizer) -> None:
+    """One step, in place: p (and v) of every trial with its own rate lr (T,). `grads` are
+    the data gradients (the L2 term is added here) and are not modified."""
+    xp = array_module(params["W1"])
     for key, g in grads.items():
-        rowwise(step, params[key], g, velocity[key])
+        p = params[key]
+        vec = [xp.asarray(v) for v in vectors(key, opt, lr, p.dtype)]
+        v = None if velocity is None else trial_view(key, velocity[key])
+        kernels.update(trial_view(key, p), trial_view(key, g), v, *vec, opt.nesterov)
 
 
-def decay_weights(params: dict, factor: float) -> None:
-    """Decoupled weight decay (Loshchilov & Hutter 2019): W -= factor * W for the weight
-    matrices (not the biases), apart from the gradient and the momentum buffer."""
-    def shrink(p):
-        p -= factor * p
-
-    for key in ("W1", "W2"):
-        rowwise(shrink, params[key])
-
-
-def update(params: dict, grads: dict, lr: float, velocity: dict | None, gamma: float,
-           nesterov: bool, weight_decay: float = 0.0) -> None:  # fmt: skip
-    """The configured optimizer: plain SGD when there is no momentum buffer. Decoupled weight
-    decay shrinks the weights by lr * weight_decay first (it follows the rate schedule)."""
-    if weight_decay:
-        decay_weights(params, lr * weight_decay)
-    if velocity is None:
-        sgd_update(params, grads, lr)
-    else:
-        momentum_update(params, grads, lr, velocity, gamma, nesterov)
+def sgd_update(params: dict, grads: dict, lr) -> None:
+    """Vanilla mini-batch gradient descent, in place: p -= lr * dp."""
+    t = params["W2"].shape[0]
+    zero = np.zeros(t)
+    update(params, grads, np.broadcast_to(lr, (t,)), None, Optimizer(zero, zero, zero))

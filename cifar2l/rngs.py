@@ -22,3 +22,8 @@ def make_rngs(seed: int, init_seed: int | None = None) -> dict[str, np.random.Ge
         "dropout": np.random.default_rng(dropout),
         "augment": np.random.default_rng(augment),
     }
+
+
+def init_seeds(seed: int, n: int) -> list[int]:
+    """n initialisation seeds spawned from `seed`: one per search trial or repeat."""
+    return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n)]

@@ -9,7 +9,7 @@ The plan is fixed when the directory is created, so every process that works on 
 with an exclusive file lock, which the operating system releases when its process dies: no trial
 runs twice at once, and an interrupted one continues from its checkpoint (or runs again). The
 lock file is removed when its claim is released, so a finished search leaves none.
-Trials that differ only in per-trial settings train together as one wide network (fused.py).
+Trials that differ only in per-trial settings train together as one stack of networks (loop.py).
 
 Time: every trial's summary has `seconds` (the wall time charged to it) and `timing: {train,
 eval, io, total}` with total == seconds >= train + eval + io; a fused trial is charged an equal
@@ -31,11 +31,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, console, data, fused, plots, runs
+from . import checkpoint, console, data, loop, network, plots, runs
 from . import config as config_mod
 from .errors import ConfigError, DivergedError, RunError
-from .rngs import make_rngs
-from .train import METRIC_COLUMNS, check_batch_size, finish_run, train_run
+from .loop import METRIC_COLUMNS
+from .rngs import init_seeds, make_rngs
+from .train import (
+    Job,
+    check_batch_size,
+    final_metrics,
+    finish_run,
+    run_repeat,
+    train_run,
+    train_stack,
+)
 
 PLAN = "search.json"
 FINISHED = ("completed", "failed", "diverged")
@@ -59,11 +68,6 @@ def sample_trials(space: dict, n: int, seed: int) -> list[dict]:
     """n trials of values, drawn in trial order, keys in the order of the space."""
     rng = np.random.default_rng(seed)
     return [{key: sample_value(dist, rng) for key, dist in space.items()} for _ in range(n)]
-
-
-def init_seeds(seed: int, n: int) -> list[int]:
-    """One initialisation seed per trial, spawned from the search seed."""
-    return [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n)]
 
 
 # ---------------------------------------------------------------- plan
@@ -330,14 +334,6 @@ def run_claimed(path: Path, trial: dict, base: dict, cache: DataCache) -> str | 
     return trial_status(tdir)
 
 
-def fuse_key(base: dict, trial: dict) -> str:
-    """Trials with equal keys differ only in per-trial vectors and can train fused."""
-    raw = trial_raw(base, trial["params"], trial["init_seed"])
-    for key in fused.FUSABLE:
-        raw = config_mod.set_dotted(raw, key.split("."), None, key)
-    return json.dumps(raw, sort_keys=True, default=str)
-
-
 def fuse_groups(trials: list[dict], base: dict) -> list[list[dict]]:
     """Trials grouped by fuse key, at most search.fuse_max each, in trial order."""
     search = base["search"]
@@ -346,8 +342,7 @@ def fuse_groups(trials: list[dict], base: dict) -> list[list[dict]]:
     by_key: dict[str, list[dict]] = {}
     for t in trials:
         cfg = config_mod.validate(trial_raw(base, t["params"], t["init_seed"]), "search")
-        alone = f"alone-{t['index']}" if fused.unsupported(cfg) else None
-        by_key.setdefault(alone or fuse_key(base, t), []).append(t)
+        by_key.setdefault(loop.fuse_key(cfg), []).append(t)
     size = search["fuse_max"]
     groups = [g[i : i + size] for g in by_key.values() for i in range(0, len(g), size)]
     return sorted(groups, key=lambda g: g[0]["index"])
@@ -369,14 +364,16 @@ def run_group(path: Path, group: list[dict], base: dict, cache: DataCache) -> li
 @dataclasses.dataclass
 class FusedPass:
     """What the trials of a fused group share: their dirs and data, the pass's result
-    (params, rows, diverged) or error, its clock and its wall seconds."""
+    (the loop's TrainState and the final metrics of every trial) or error, its clock and its
+    wall seconds."""
 
     todo: list[dict]
     made: list[tuple] = dataclasses.field(default_factory=list)
     prep: object = None
-    result: tuple | None = None
+    result: loop.TrainState | None = None
+    finals: list | None = None
     error: Exception | None = None
-    stopped: fused.GroupInterrupted | None = None
+    stopped: checkpoint.Interrupted | None = None
     clock: runs.Clock = dataclasses.field(default_factory=runs.Clock)
     seconds: float = 0.0
 
@@ -419,17 +416,21 @@ def run_fused(path: Path, todo: list[dict], base: dict, cache: DataCache) -> lis
 
 
 def train_fused(group: FusedPass) -> None:
-    """The fused pass; an error is kept for every trial of the group to record."""
-    clock = group.clock
+    """The fused pass (a trial that diverges is frozen, the others go on) and the final
+    metrics of every trial; an error is kept for every trial of the group to record."""
+    cfgs = [c for _, c, _ in group.made]
+    job = Job(cfgs, [tdir for tdir, _, _ in group.made], group.prep, None, group.clock,
+              show_rows=False)  # fmt: skip
     try:
-        with clock("loop"):
-            group.result = fused.train_group([c for _, c, _ in group.made], group.prep,
-                                             clock=clock)  # fmt: skip
-    except fused.GroupInterrupted as stop:
+        with console.quiet():
+            group.result = train_stack(job, stop_on_divergence=False)
+        with group.clock("eval"):
+            lam = np.array([c.optim.lambda_ for c in cfgs])
+            group.finals = final_metrics(group.result.params, group.prep, lam)
+    except checkpoint.Interrupted as stop:
         group.stopped = stop
     except Exception as e:
         group.error = e
-    clock.seconds["train"] = clock.seconds.pop("loop") - clock.seconds.get("eval", 0.0)
 
 
 def finish_fused(group: FusedPass, i: int) -> tuple:
@@ -440,28 +441,30 @@ def finish_fused(group: FusedPass, i: int) -> tuple:
         run.summary.update(group.note())
         if group.error is not None:
             raise group.error
-        plist, rows, diverged = group.result
-        if i in diverged:
-            runs.write_csv(tdir / "metrics.csv", METRIC_COLUMNS, rows[i])
-            raise DivergedError(f"training diverged at step {diverged[i][0]} "
-                                f"(lr={diverged[i][1]:.6g})")  # fmt: skip
+        state = group.result
+        if i in state.diverged:
+            runs.write_csv(tdir / "metrics.csv", METRIC_COLUMNS, state.rows[i])
+            raise DivergedError(f"training diverged at step {state.diverged[i][0]} "
+                                f"(lr={state.diverged[i][1]:.6g})")  # fmt: skip
         with console.quiet():
-            finish_run(run, cfg, group.prep, plist[i], rows[i], text, group.share())
+            finish_run(run, cfg, group.prep, network.select(state.params, [i]), state.rows[i],
+                       text, group.share(), group.finals[i])  # fmt: skip
     return trial, trial_status(tdir)
 
 
 def interrupt_group(group: FusedPass, stop) -> None:
     """Leave each trial of an interrupted fused pass resumable on its own, then stop."""
-    signum = stop.signum
+    signum, state = stop.signum, stop.state
     for i, (tdir, cfg, text) in enumerate(group.made):
         with contextlib.suppress(checkpoint.Interrupted, DivergedError), \
                 runs.start_run(tdir, "train", cfg, text, group.started()) as run:  # fmt: skip
             run.summary.update(group.note())
-            if i in stop.diverged:
-                t, lr = stop.diverged[i]
+            if i in state.diverged:
+                t, lr = state.diverged[i]
                 raise DivergedError(f"training diverged at step {t} (lr={lr:.6g})")
-            checkpoint.save(tdir / checkpoint.NAME, stop.states[i])
-            runs.write_csv(tdir / "metrics.csv", METRIC_COLUMNS, stop.states[i].rows)
+            mine = state.select([i])
+            checkpoint.save(tdir / checkpoint.NAME, mine)
+            runs.write_csv(tdir / "metrics.csv", METRIC_COLUMNS, mine.rows[0])
             raise checkpoint.Interrupted(signum)
     raise checkpoint.Interrupted(signum)
 
@@ -669,8 +672,6 @@ def retrain_best(path: Path, repeat: int) -> float:
     of K fresh seeds with its std does not, and the std is the seed noise of the search's
     accuracies. A finished best-repeat/ of the same trial and K is kept.
     """
-    from .train import run_repeat
-
     done = [r for r in collect_rows(path) if r["status"] == "completed"]
     if not done:
         return 0.0

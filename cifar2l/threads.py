@@ -1,6 +1,6 @@
 """How many threads a command uses: chosen from the CPUs this process may use, set at run time.
 
-BLAS (OpenBLAS, MKL) and the element-wise row blocks of parallel.py share one count. The count
+BLAS (OpenBLAS, MKL) and the compiled element-wise kernels (kernels.py) share one count. The count
 changes the last bits of some products (OpenBLAS splits a reduction over its threads), so it is
 chosen once, when a command starts, recorded in summary.json, and never adapted while it runs.
 
@@ -94,6 +94,9 @@ def limited(choice: ThreadChoice):
     """Run with BLAS set to `choice.threads`; the previous setting is restored afterwards."""
     from threadpoolctl import threadpool_limits
 
+    from . import kernels  # the compiled element-wise kernels share the setting
+
+    kernels.set_threads(choice.threads)  # each command sets it: nothing to restore
     with threadpool_limits(limits=choice.threads, user_api="blas"):
         yield choice
 

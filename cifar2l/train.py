@@ -1,177 +1,30 @@
-"""The training loop: mini-batch gradient descent under a learning-rate schedule."""
+"""The `train` command: train, `--repeat K` and `--resume` as one path over a stack of T
+networks (T = 1, or T = K initialisation seeds trained together: loop.py).
+
+A single run writes its metrics, weights, plots and summary into its run directory; a repeat
+run writes each seed's run into `repeats/<k>/` and the mean and std into its own summary.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import augment, checkpoint, console, data, ensemble, network, optim, plots, runs
-from .data import Split
-from .errors import ConfigError, DivergedError, RunError
-from .evaluate import save_weights
-from .rngs import make_rngs
-from .schedule import cycle_length, default_log_every, make_schedule, total_steps
-
-# A mean cross-entropy this large means logits of that size: training has blown up (it starts
-# near ln 10 = 2.3), even while the numbers are still finite.
-EXPLODED = 1e6
-
-METRIC_COLUMNS = [
-    "step", "epoch", "lr",
-    "train_loss", "train_cost", "train_accuracy",
-    "val_loss", "val_cost", "val_accuracy",
-]  # fmt: skip
-
-
-def log_points(total: int, every: int) -> list[int]:
-    """Steps (updates done) at which metrics are taken: 0, every, 2 every, ..., and the last."""
-    return sorted(set(range(0, total + 1, every)) | {total})
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    # The partial batch at the end of an epoch is dropped, as in the study (n / batch updates).
-    if batch_size > n:
-        raise RunError(f"train.batch_size ({batch_size}) exceeds the training split ({n} rows)")
-    return n // batch_size
-
-
-def epoch_order(n: int, shuffle: bool, rng: np.random.Generator) -> np.ndarray:
-    return rng.permutation(n) if shuffle else np.arange(n)
-
-
-def gather(x, idx, out):
-    """out[:] = x[idx] without allocating. NumPy needs mode="clip": with the default "raise"
-    it buffers `out` and runs 3x slower (the indices are valid by construction)."""
-    xp = network.array_module(x)
-    if xp is np:
-        return np.take(x, idx, axis=0, out=out, mode="clip")
-    return xp.take(x, idx, axis=0, out=out)
-
-
-def metrics_row(params, t: int, epoch: float, lr: float, train: Split, val: Split, lam: float):
-    row = {"step": t, "epoch": epoch, "lr": lr}
-    for name, split in (("train", train), ("val", val)):
-        m = network.evaluate(params, split.x, split.y, lam)
-        row.update({f"{name}_{k}": v for k, v in m.items()})
-    return row
-
-
-def make_step(params: dict, cfg, rngs: dict, velocity: dict | None = None,
-              exploded: float = EXPLODED) -> Callable:  # fmt: skip
-    """One update on a gathered batch: augment, gradients (with dropout), optimizer step.
-
-    The returned `step(xb, yb, lr) -> loss` owns the momentum buffers (`step.velocity`; a
-    resumed run passes its saved ones). Raises DivergedError on a non-finite loss or one above
-    `exploded`.
-    """
-    o = cfg.optim
-    if velocity is None and o.momentum > 0:
-        velocity = optim.init_velocity(params)
-    xp = network.array_module(params["W1"])
-    buffers = {k: xp.empty_like(params[k]) for k in ("W1", "W2")}  # reused gradient storage
-
-    def step(xb, yb, lr: float, t: int) -> float:
-        augment.apply(xb, cfg.augment, rngs["augment"])
-        loss, _, grads = network.loss_and_grads(
-            params, xb, yb, o.lambda_, cfg.model.dropout, rngs["dropout"], with_cost=False,
-            smoothing=o.label_smoothing, out=buffers)  # fmt: skip
-        if not loss < exploded:  # nan compares false too
-            raise DivergedError(f"training diverged at step {t} (lr={lr:.6g}, loss {loss:.4g})")
-        optim.update(params, grads, lr, velocity, o.momentum, o.nesterov, o.weight_decay)
-        return loss
-
-    step.velocity = velocity
-    return step
-
-
-def train(
-    params: dict,
-    train_split: Split,
-    val_split: Split,
-    cfg,
-    rngs: dict[str, np.random.Generator],
-    on_row: Callable[[dict, float], None] | None = None,
-    on_step: Callable[[int], None] | None = None,
-    clock: runs.Clock | None = None,
-    resume=None,
-    boundary: Callable | None = None,
-) -> list[dict]:
-    """Train `params` in place; return the metric rows. `rngs` as from make_rngs.
-
-    `clock` receives "eval" (the metric rows) and "train" (the rest of the loop) seconds.
-    `resume` (a checkpoint.State) continues a run; `boundary(t, order, step)` is called between
-    updates (checkpoints).
-    """
-    clock = clock or runs.Clock()
-    with clock("loop"):
-        rows = _train_loop(params, train_split, val_split, cfg, rngs, on_row, on_step, clock,
-                           resume, boundary)  # fmt: skip
-    clock.seconds["train"] = clock.seconds.pop("loop") - clock.seconds.get("eval", 0.0)
-    return rows
-
-
-def _train_loop(params, train_split, val_split, cfg, rngs, on_row, on_step, clock, resume,
-                boundary) -> list[dict]:  # fmt: skip
-    eta = make_schedule(cfg.schedule)
-    lam = cfg.optim.lambda_
-    step = make_step(params, cfg, rngs, resume.velocity if resume else None)
-    rows, start = list(resume.rows) if resume else [], time.perf_counter()
-
-    def measure(t: int, epoch: float) -> None:
-        rows.append(metrics_row(params, t, epoch, eta(t), train_split, val_split, lam))
-        if on_row:
-            on_row(rows[-1], time.perf_counter() - start)
-
-    def at_boundary(t, order):
-        if boundary:
-            boundary(t, order, step, rows)
-
-    run_loop(train_split, cfg, rngs, lambda xb, yb, t: step(xb, yb, eta(t), t), measure,
-             on_step, clock, resume.step if resume else 0,
-             resume.order if resume else None, at_boundary)  # fmt: skip
-    return rows
-
-
-def run_loop(train_split: Split, cfg, rngs, step, measure, on_step=None, clock=None,
-             start: int = 0, order=None, boundary=None) -> None:  # fmt: skip
-    """The update counter, epoch shuffles and batch gathers; `step(xb, yb, t)` updates,
-    `measure(t, epoch)` takes the metric rows (timed as "eval" on `clock`).
-
-    A resumed run starts at update `start` with its epoch's saved `order` (its row at `start`
-    is already taken). `boundary(t, order)` runs before each update after the first.
-    """
-    clock = clock or runs.Clock()
-    total, batch = total_steps(cfg.schedule), cfg.train.batch_size
-    x, y = train_split.x, train_split.y
-    per_epoch = steps_per_epoch(len(y), batch)
-    log_at = set(log_points(total, cfg.train.log_every or default_log_every(cfg.schedule)))
-    xb = network.array_module(x).empty((batch, x.shape[1]), dtype=x.dtype)  # reused buffer
-    for t in range(start, total + 1):
-        epoch, i = divmod(t, per_epoch)
-        if t in log_at and not (t == start and start > 0):
-            with clock("eval"):
-                measure(t, t / per_epoch)
-        if t == total:
-            break
-        if boundary and t > start:
-            boundary(t, order)
-        if i == 0:
-            order = epoch_order(len(y), cfg.train.shuffle, rngs["shuffle"])
-        idx = order[i * batch : (i + 1) * batch]
-        gather(x, idx, xb)
-        step(xb, y[idx], t)
-        if on_step:
-            on_step(1)
-
-
-# ---------------------------------------------------------------- the `train` command
+from . import checkpoint, console, data, ensemble, loop, network, plots, runs
+from . import config as config_mod
+from .errors import ConfigError, RunError
+from .loop import METRIC_COLUMNS
+from .rngs import init_seeds, make_rngs
+from .schedule import cycle_length, make_schedule, total_steps
+from .weights import save_weights
 
 ROW_COLUMNS = [*METRIC_COLUMNS, "seconds"]
 TIMING_COLUMNS = ["step", "seconds"]
+SPLITS = ("train", "val", "test")
 
 
 def format_row(row: dict, seconds: float) -> str:
@@ -192,129 +45,139 @@ def header() -> str:
     return "  ".join(f"{c:>{_width(c)}}" for c in ROW_COLUMNS)
 
 
-def final_metrics(params, prep, lam: float) -> dict:
-    splits = {"train": prep.train, "val": prep.val, "test": prep.test}
-    return {k: network.evaluate(params, s.x, s.y, lam) for k, s in splits.items() if s is not None}
-
-
 def check_batch_size(cfg, prep, source: str) -> None:
     if cfg.train.batch_size > len(prep.train.y):
         raise ConfigError(f"{source}: train.batch_size: {cfg.train.batch_size} exceeds the "
                           f"training split ({len(prep.train.y)} rows)")  # fmt: skip
 
 
-def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None,
-              resume=None) -> dict:  # fmt: skip
-    """Train into an open run directory: metrics, timing, weights, plots; return final metrics.
+def splits_of(prep) -> dict:
+    splits = {"train": prep.train, "val": prep.val, "test": prep.test}
+    return {k: v for k, v in splits.items() if v is not None}
 
-    summary.json gets `timing`: seconds in the training loop without evaluation (`train`), in
-    metric evaluation (`eval`), in data loading and writing files (`io`), and `total`.
-    Checkpoints go to checkpoint.npz every `train.checkpoint_every` updates, at each cycle end
-    and on SIGINT/SIGTERM (then the run stops with checkpoint.Interrupted); `resume` (a
-    checkpoint.State) continues from one.
+
+def final_metrics(params, prep, lam) -> list[dict]:
+    """Per trial: {split: loss, cost, accuracy}, one stacked pass per split."""
+    per_split = {k: network.evaluate(params, s.x, s.y, lam) for k, s in splits_of(prep).items()}
+    return [{k: v[i] for k, v in per_split.items()} for i in range(network.trials(params))]
+
+
+@dataclass
+class Job:
+    """A stack being trained: its trials' configs, the directories their snapshots (and, for
+    a repeat, their runs) go to, the stack's checkpoint file, and the prepared data."""
+
+    cfgs: list
+    dirs: list[Path]
+    prep: object
+    checkpoint: Path | None = None  # None: a checkpoint only to hand to the caller on a signal
+    clock: runs.Clock = field(default_factory=runs.Clock)
+    show_rows: bool = True  # console lines of the metric rows (one network's)
+
+
+def trial_configs(cfg, repeat: int) -> tuple[list, list[int] | None]:
+    """The configs of a run's trials: the config itself, or K initialisation seeds of it."""
+    if repeat == 1:
+        return [cfg], None
+    seeds = init_seeds(cfg.seed if cfg.init_seed is None else cfg.init_seed, repeat)
+    return [cfg.model_copy(update={"init_seed": s}) for s in seeds], seeds
+
+
+def train_stack(job: Job, resume=None, stop_on_divergence: bool = True) -> loop.TrainState:
+    """Train the job's stack from scratch or from a resumed TrainState; return the state.
+
+    Snapshots go to each trial's directory when due; checkpoints go to job.checkpoint every
+    `train.checkpoint_every` updates, at each cycle end and on SIGINT/SIGTERM, which then stop
+    the run with checkpoint.Interrupted (carrying the state, `.state`).
     """
-    clock = clock or runs.Clock()
-    rngs = make_rngs(cfg.seed, cfg.init_seed)
-    total = total_steps(cfg.schedule)
-    if resume is None:
-        params = network.init_params(prep.train.x.shape[1], cfg.model.hidden, len(prep.classes),
-                                     rngs["init"], cfg.dtype)  # fmt: skip
-        timing = []
-    else:
-        params, timing = resume.params, list(resume.timing)
-        checkpoint.restore_rngs(rngs, resume.rng_states)
+    stack = loop.make_stack(job.cfgs, stop_on_divergence=stop_on_divergence)
+    d, c = job.prep.train.x.shape[1], len(job.prep.classes)
+    state = resume or loop.init_state(stack, d, c)
+    done = state.step
+    with console.progress_bar("train", total=stack.total - done) as advance:
+        hooks = loop.Hooks(rows=row_printer(job, time.perf_counter()), step=advance,
+                           boundary=checkpointer(job, stack), clock=job.clock)  # fmt: skip
+        # A diverging run overflows on its way to the non-finite loss that stops it: that is
+        # reported as one error (or a frozen trial), not as numpy warnings.
+        with checkpoint.deferred_signals():
+            loop.run(state, stack, loop.Data(job.prep.train, job.prep.val), hooks)
+    return state
 
-    def on_row(row, seconds):
-        if not timing:
+
+def row_printer(job: Job, start: float):
+    """rows(state, t): the console line of a metric row and its seconds (timing.csv)."""
+
+    def rows(state, t: int) -> None:
+        seconds = time.perf_counter() - start
+        if job.show_rows and not state.timing:
             console.log(header())
-        timing.append({"step": row["step"], "seconds": round(seconds, 3)})
-        console.log(format_row(row, seconds))
+        state.timing.append({"step": t, "seconds": round(seconds, 3)})
+        if job.show_rows:
+            console.log(format_row(state.rows[0][-1], seconds))
 
-    boundary = checkpointer(run, cfg, params, rngs, timing, clock,
-                            snapshotter(run, cfg, params, prep, config_text, clock))  # fmt: skip
-    try:
-        with console.progress_bar("train", total=total - (resume.step if resume else 0)) as adv:
-            # A diverging run overflows on its way to the non-finite loss that stops it: that is
-            # reported as one error, not as numpy warnings.
-            with checkpoint.deferred_signals(), np.errstate(over="ignore", invalid="ignore"):
-                rows = train(params, prep.train, prep.val, cfg, rngs, on_row, adv, clock, resume,
-                             boundary)  # fmt: skip
-                final = finish_run(run, cfg, prep, params, rows, config_text, clock)
-                checkpoint.take_pending()  # came while finishing: the run is complete anyway
-    finally:  # a diverged or interrupted run keeps the metrics up to where it stopped
-        if timing:
-            runs.write_csv(run.path / "timing.csv", TIMING_COLUMNS, timing)
-    (run.path / checkpoint.NAME).unlink(missing_ok=True)  # superseded by weights.npz
-    return final
+    return rows
 
 
-def snapshotter(run, cfg, params, prep, config_text: str, clock):
-    """snap(t): keep the weights after update t when t is a snapshot step."""
-    steps = set(ensemble.snapshot_steps(cfg))
+def checkpointer(job: Job, stack: loop.Stack):
+    """boundary(state): keep the snapshots due, save a checkpoint when one is due, stop on a
+    pending signal."""
+    every, cycle = job.cfgs[0].train.checkpoint_every, cycle_length(job.cfgs[0].schedule)
+    snaps = set(loop.snapshot_steps(job.cfgs[0]))
 
-    def snap(t: int) -> None:
-        if t in steps:
-            with clock("io"):
-                ensemble.save_snapshot(run.path, t, params, prep, config_text)
-
-    return snap
-
-
-def checkpointer(run, cfg, params, rngs, timing, clock, snap=None):
-    """The boundary callback: keep a snapshot when one is due, save a checkpoint when one is
-    due; stop on a pending signal."""
-    every = cfg.train.checkpoint_every
-    cycle = cycle_length(cfg.schedule)
-
-    def boundary(t, order, step, rows):
-        if snap:
-            snap(t)  # before the checkpoint: a run resumed from it has all earlier snapshots
+    def boundary(state) -> None:
+        t = state.step
+        if t in snaps:  # before the checkpoint: a run resumed from it has all earlier snapshots
+            save_snapshots(job, state.params, t)
         signum = checkpoint.pending()
-        if not (signum or (every and t % every == 0) or (cycle and t % cycle == 0)):
-            return
-        with clock("io"):
-            state = checkpoint.State(t, params, step.velocity, order,
-                                     checkpoint.rng_states(rngs), rows, timing)  # fmt: skip
-            checkpoint.save(run.path / checkpoint.NAME, state)
+        due = every and t % every == 0 or cycle and t % cycle == 0
+        if job.checkpoint is not None and (signum or due):
+            with job.clock("io"):
+                checkpoint.save(job.checkpoint, state)
         if signum:
-            runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, rows)
-            raise checkpoint.Interrupted(checkpoint.take_pending())
+            raise checkpoint.Interrupted(checkpoint.take_pending(), state)
 
     return boundary
 
 
-def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock) -> dict:
-    """Write a trained run's metrics, weights, plots and summary; return the final metrics."""
+def save_snapshots(job: Job, params, t: int) -> None:
+    with job.clock("io"):
+        for i, path in enumerate(job.dirs):
+            text = config_mod.dump_yaml(job.cfgs[i])
+            ensemble.save_snapshot(path, t, network.select(params, [i]), job.prep, text)
+
+
+def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock,
+               final: dict | None = None) -> dict:  # fmt: skip
+    """Write one trained network's metrics, weights, plots and summary (params: a stack of
+    T = 1); return its final metrics (computed here unless given)."""
     total = total_steps(cfg.schedule)
     with clock("io"):
         runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, rows)
-    with clock("eval"):
-        final = final_metrics(params, prep, cfg.optim.lambda_)
+    if final is None:
+        with clock("eval"):
+            final = final_metrics(params, prep, cfg.optim.lambda_)[0]
     with clock("io"):
         save_weights(run.path / "weights.npz", params, prep, config_text)
         plots.training_plots(rows, make_schedule(cfg.schedule), total, run.path)
-        if total in ensemble.snapshot_steps(cfg):
+        if total in loop.snapshot_steps(cfg):
             ensemble.save_snapshot(run.path, total, params, prep, config_text)
-    if ensemble.snapshot_steps(cfg):
+    if loop.snapshot_steps(cfg):
         with clock("eval"):
             run.summary["ensemble"] = ensemble_summary(run.path, prep)
     run.summary.update(
         timing={k: clock.rounded().get(k, 0.0) for k in ("train", "eval", "io")},
-        steps=total,
-        data=data_summary(prep),
+        steps=total, data=data_summary(prep),
         best_val_accuracy=max(r["val_accuracy"] for r in rows),
         **{m: {k: v[m] for k, v in final.items()} for m in ("accuracy", "loss", "cost")},
-    )
+    )  # fmt: skip
     return final
 
 
 def ensemble_summary(run_path: Path, prep) -> dict:
     """The snapshot ensemble's members (steps) and accuracy on every split."""
     paths = ensemble.members(run_path)
-    splits = {"train": prep.train, "val": prep.val, "test": prep.test}
-    splits = {k: v for k, v in splits.items() if v is not None}
     return {"members": [ensemble.member_step(p) for p in paths],
-            "accuracy": ensemble.ensemble_accuracy(paths, splits)}  # fmt: skip
+            "accuracy": ensemble.ensemble_accuracy(paths, splits_of(prep))}  # fmt: skip
 
 
 def data_summary(prep) -> dict:
@@ -324,23 +187,114 @@ def data_summary(prep) -> dict:
 
 
 def split_sizes(prep) -> dict:
-    splits = {"train": prep.train, "val": prep.val, "test": prep.test}
-    return {k: len(v.y) for k, v in splits.items() if v is not None}
+    return {k: len(v.y) for k, v in splits_of(prep).items()}
 
 
-def run_train(cfg, config_text: str, config_path: str, out, name: str) -> dict:
-    """The `train` command: prepare data, open a fresh run dir, train, print the final table."""
-    started, clock = time.perf_counter(), runs.Clock()
+def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None,
+              resume=None) -> dict:  # fmt: skip
+    """Train one network into an open run directory; return its final metrics.
+
+    summary.json gets `timing`: seconds in the training loop without evaluation (`train`), in
+    metric evaluation (`eval`), in data loading and writing files (`io`), and `total`.
+    """
+    job = Job([cfg], [run.path], prep, run.path / checkpoint.NAME, clock or runs.Clock())
+    state = resume
+    try:
+        state = train_stack(job, resume)
+        final = finish_run(run, cfg, prep, state.params, state.rows[0], config_text, job.clock)
+        checkpoint.take_pending()  # came while finishing: the run is complete anyway
+    except checkpoint.Interrupted as stop:
+        state = stop.state
+        runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, state.rows[0])
+        raise
+    finally:  # a diverged or interrupted run keeps the metrics up to where it stopped
+        if state is not None and state.timing:
+            runs.write_csv(run.path / "timing.csv", TIMING_COLUMNS, state.timing)
+    (run.path / checkpoint.NAME).unlink(missing_ok=True)  # superseded by weights.npz
+    return final
+
+
+def prepare(cfg, config_path: str, clock: runs.Clock):
     with clock("io"):
         prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
     check_batch_size(cfg, prep, config_path)
-    with runs.open_run(out, "train", name, cfg, config_text, started) as run:
+    return prep
+
+
+def run_train(cfg, config_text: str, config_path: str, out, name: str, repeat: int = 1,
+              into: Path | None = None) -> dict:  # fmt: skip
+    """The `train` command (`repeat` K > 1: `--repeat K`): prepare the data, open a fresh run
+    dir (`into`: a new directory of that name instead, e.g. a search's best-repeat/), train,
+    print the final table."""
+    started, clock = time.perf_counter(), runs.Clock()
+    prep = prepare(cfg, config_path, clock)
+    if into is not None:
+        into.mkdir()
+    opened = runs.start_run(into, "train", cfg, config_text, started) if into is not None else \
+        runs.open_run(out, "train", name, cfg, config_text, started)  # fmt: skip
+    with opened as run:
         sizes = "/".join(str(v) for v in split_sizes(prep).values())
-        console.log(f"run dir: {run.path}  data: {prep.source} ({prep.format}), "
-                    f"train/val/test {sizes}")  # fmt: skip
-        final = train_run(run, cfg, prep, config_text, clock)
-    print_final(final, run.summary)
+        what = f"{repeat} repeats trained together" if repeat > 1 else f"data: {prep.source} " \
+            f"({prep.format}), train/val/test {sizes}"  # fmt: skip
+        console.log(f"run dir: {run.path}  {what}")
+        final = train_into(run, cfg, prep, config_text, clock, repeat)
+    show(final, run.summary)
     return run.summary
+
+
+def run_repeat(cfg, config_text: str, config_path: str, out, name: str, repeat: int,
+               into: Path | None = None) -> dict:  # fmt: skip
+    """`train --repeat K`: K initialisation seeds of one config trained as one stack. Each
+    repeat is an ordinary run directory under `repeats/<k>/`; the top summary reports the
+    mean accuracies (`accuracy`), their standard deviations (`accuracy_std`) and every value,
+    and the same for the snapshot ensemble when the config keeps snapshots."""
+    return run_train(cfg, config_text, config_path, out, name, repeat, into)
+
+
+def train_into(run, cfg, prep, config_text: str, clock, repeat: int, resume=None):
+    """One network into the run dir, or `repeat` of them into repeats/<k>/; return the final
+    metrics (one network's, or the repeat summary)."""
+    if repeat == 1:
+        return train_run(run, cfg, prep, config_text, clock, resume)
+    cfgs, seeds = trial_configs(cfg, repeat)
+    run.summary.update(repeat=repeat, init_seeds=seeds)  # kept if the run is interrupted
+    dirs = [run.path / "repeats" / f"{k:02d}" for k in range(repeat)]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    job = Job(cfgs, dirs, prep, run.path / checkpoint.NAME, clock, show_rows=False)
+    state = train_stack(job, resume)
+    checkpoint.take_pending()
+    subs = finish_trials(job, state, share=True)
+    run.summary.update(repeat_summary(subs, seeds, clock), fused=True, data=data_summary(prep))
+    (run.path / checkpoint.NAME).unlink(missing_ok=True)
+    return None
+
+
+def finish_trials(job: Job, state, share: bool) -> list[dict]:
+    """Write every trial of a trained stack into its directory as an ordinary run; each is
+    charged an equal share of the stack's pass, then its own finish. Returns their summaries."""
+    t = len(job.cfgs)
+    with job.clock("eval"):
+        finals = final_metrics(state.params, job.prep, np.array([c.optim.lambda_
+                                                                for c in job.cfgs]))
+    subs = []
+    for k, c in enumerate(job.cfgs):
+        text = config_mod.dump_yaml(c)
+        mine = runs.Clock()
+        mine.seconds = {key: v / t for key, v in job.clock.seconds.items()} if share else {}
+        charged = time.perf_counter() - sum(mine.seconds.values())
+        with runs.start_run(job.dirs[k], "train", c, text, charged) as sub:
+            finish_run(sub, c, job.prep, network.select(state.params, [k]), state.rows[k],
+                       text, mine, finals[k])  # fmt: skip
+        subs.append(sub.summary)
+    return subs
+
+
+def show(final, summary: dict) -> None:
+    if "repeat" in summary:
+        print_repeat(summary)
+    else:
+        print_final(final, summary)
 
 
 def print_final(final: dict, summary: dict) -> None:
@@ -351,88 +305,6 @@ def print_final(final: dict, summary: dict) -> None:
         console.table(f"snapshot ensemble of {len(ens['members'])} (steps "
                       f"{', '.join(map(str, ens['members']))})", ["split", "accuracy"],
                       [[k, v] for k, v in ens["accuracy"].items()])  # fmt: skip
-
-
-def run_repeat(cfg, config_text: str, config_path: str, out, name: str, repeat: int,
-               into: Path | None = None) -> dict:  # fmt: skip
-    """`train --repeat K`: K initialisation seeds of one config, fused in one pass where the
-    fused path supports the config's options, else one after another.
-
-    Each repeat is an ordinary run directory under `repeats/<k>/`; the top summary reports the
-    mean accuracies (`accuracy`), their standard deviations (`accuracy_std`) and every value,
-    and the same for the snapshot ensemble when the config keeps snapshots. `into`: a new
-    directory of that name instead of a fresh one under `out` (a search's best-repeat/).
-    """
-    from . import fused
-    from .search import init_seeds
-
-    started, clock = time.perf_counter(), runs.Clock()
-    with clock("io"):
-        prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
-    check_batch_size(cfg, prep, config_path)
-    seeds = init_seeds(cfg.seed if cfg.init_seed is None else cfg.init_seed, repeat)
-    cfgs = [cfg.model_copy(update={"init_seed": s}) for s in seeds]
-    alone = fused.unsupported(cfg)
-    if into is not None:
-        into.mkdir()
-    opened = runs.start_run(into, "train", cfg, config_text, started) if into is not None else \
-        runs.open_run(out, "train", name, cfg, config_text, started)  # fmt: skip
-    with opened as run:
-        how = f"one after another ({', '.join(alone)} not fused)" if alone else "trained fused"
-        console.log(f"run dir: {run.path}  {repeat} repeats, {how}")
-        train_repeats = _repeats_alone if alone else _repeats_fused
-        subs = train_repeats(run, cfgs, prep, clock)
-        run.summary.update(repeat_summary(subs, seeds, clock), fused=not alone,
-                           data=data_summary(prep))  # fmt: skip
-    print_repeat(run.summary)
-    return run.summary
-
-
-def _repeat_dir(run, k: int) -> Path:
-    path = run.path / "repeats" / f"{k:02d}"
-    path.mkdir(parents=True)
-    return path
-
-
-def _repeats_fused(run, cfgs: list, prep, clock: runs.Clock) -> list[dict]:
-    """Train the repeats as one wide network; each is charged an equal share of the pass."""
-    from . import config as config_mod
-    from . import fused
-
-    with console.progress_bar("train", total=total_steps(cfgs[0].schedule)) as advance:
-        with clock("loop"):
-            plist, rows, diverged = fused.train_group(cfgs, prep, advance, clock)
-    if diverged:
-        k, (t, lr) = next(iter(diverged.items()))
-        raise DivergedError(f"repeat {k} diverged at step {t} (lr={lr:.6g})")
-    clock.seconds["train"] = clock.seconds.pop("loop") - clock.seconds.get("eval", 0.0)
-    subs = []
-    for k, c in enumerate(cfgs):
-        text = config_mod.dump_yaml(c)
-        share = runs.Clock()
-        share.seconds = {key: v / len(cfgs) for key, v in clock.seconds.items()}
-        # each repeat is charged its share of the fused pass, then its own finish
-        charged = time.perf_counter() - sum(share.seconds.values())
-        with runs.start_run(_repeat_dir(run, k), "train", c, text, charged) as sub:
-            finish_run(sub, c, prep, plist[k], rows[k], text, share)
-        subs.append(sub.summary)
-    return subs
-
-
-def _repeats_alone(run, cfgs: list, prep, clock: runs.Clock) -> list[dict]:
-    """Train the repeats one after another, each an ordinary run in its own directory."""
-    from . import config as config_mod
-
-    subs = []
-    for k, c in enumerate(cfgs):
-        text, own = config_mod.dump_yaml(c), runs.Clock()
-        console.log(f"repeat {k + 1} of {len(cfgs)} (init_seed {c.init_seed})")
-        with runs.start_run(_repeat_dir(run, k), "train", c, text) as sub:
-            train_run(sub, c, prep, text, own)  # its rows and progress bar show as usual
-        for key, v in own.seconds.items():
-            clock.seconds[key] = clock.seconds.get(key, 0.0) + v
-        subs.append(sub.summary)
-    return subs
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -472,34 +344,35 @@ def print_repeat(summary: dict) -> None:
 
 
 def run_resume(run_dir: Path, out=None) -> dict:
-    """`train --resume RUN_DIR`: continue an interrupted run from its checkpoint, in place."""
-    from . import config as config_mod
-
+    """`train --resume RUN_DIR`: continue an interrupted run (or repeat run) from its
+    checkpoint, in place."""
     started, clock = time.perf_counter(), runs.Clock()
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise RunError(f"{run_dir}: not a run directory (no config.yaml)")
     cfg = config_mod.load_config(run_dir / "config.yaml")
-    state = resume_state(run_dir)
-    with clock("io"):
-        prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
+    state, repeat = resume_state(run_dir)
+    prep = prepare(cfg, str(run_dir / "config.yaml"), clock)
     text = config_mod.dump_yaml(cfg)
     with runs.start_run(run_dir, "train", cfg, text, started, fresh=False) as run:
         run.summary["resumed_from_step"] = state.step if state else 0
         console.log(f"run dir: {run.path}  resuming at update {state.step if state else 0}")
-        final = train_run(run, cfg, prep, text, clock, resume=state)
-    print_final(final, run.summary)
+        final = train_into(run, cfg, prep, text, clock, repeat, resume=state)
+    show(final, run.summary)
     return run.summary
 
 
 def resume_state(run_dir: Path):
-    """The run's checkpoint; None (start over, in place) for a run stopped before its first."""
-    if (run_dir / checkpoint.NAME).is_file():
-        return checkpoint.load(run_dir / checkpoint.NAME)
+    """(the run's checkpoint, its number of trials); (None, trials) (start over, in place)
+    for a run stopped before its first checkpoint."""
     try:
-        status = json.loads((run_dir / "summary.json").read_text()).get("status")
+        summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        status = None
+        summary = {}
+    if (run_dir / checkpoint.NAME).is_file():
+        state = checkpoint.load(run_dir / checkpoint.NAME)
+        return state, len(state.rows)
+    status = summary.get("status")
     if status != "interrupted":
         raise RunError(f"{run_dir}: no checkpoint to resume from (status {status or 'unknown'})")
-    return None
+    return None, summary.get("repeat", 1)

@@ -33,14 +33,14 @@ SIZES = [(5, 4, 3, 2), (7, 5, 10, 4), (12, 8, 10, 5), (16, 10, 10, 2)]  # (D, H,
 
 
 def problem(seed: int, d: int, h: int, c: int, n: int, p: float = 0.5):
-    """float64 params with non-zero biases, x (N, D), y (N,) and a scaled dropout mask (N, H)."""
+    """float64 params (a stack of T = 1) with non-zero biases, x (N, D), y (N,) and a fixed
+    dropout mask: its draws u (N, H) and its drop probability p."""
     rng = np.random.default_rng(seed)
     params = network.init_params(d, h, c, rng, "float64")
-    params["b1"] = rng.standard_normal(h) * 0.1
-    params["b2"] = rng.standard_normal(c) * 0.1
+    params["b1"] = rng.standard_normal((1, h)) * 0.1
+    params["b2"] = rng.standard_normal((1, c)) * 0.1
     x, y = rng.standard_normal((n, d)), rng.integers(0, c, size=n)
-    mask = (rng.random((n, h)) >= p) / (1 - p)
-    return params, x, y, mask
+    return params, x, y, (rng.random((n, h), dtype=np.float32), p)
 
 
 def check(params, x, y, lam: float, **kw) -> dict:
@@ -62,7 +62,7 @@ def test_correct_gradients_stay_10x_under_the_tolerance(size, lam):
     stats, skipped, coords = [], 0, 0
     for seed in SEEDS:
         params, x, y, mask = problem(seed, *size)
-        result = check(params, x, y, lam, mask=mask if seed % 2 else None,
+        result = check(params, x, y, lam, drop=mask if seed % 2 else None,
                        smoothing=0.1 if seed % 4 >= 2 else 0.0)  # fmt: skip
         stats.append(worst(result))
         skipped += sum(r["skipped"] for r in result.values())
@@ -88,8 +88,8 @@ def test_a_noisier_machine_keeps_the_verdict(monkeypatch):
     stats = []
     for seed in range(12):
         params, x, y, mask = problem(seed, 7, 5, 10, 4)
-        params["b1"][0] = -100.0  # unit 0 is dead on every row: its gradients are exactly 0
-        result = check(params, x, y, 0.0, mask=mask if seed % 2 else None)
+        params["b1"][0, 0] = -100.0  # unit 0 is dead on every row: its gradients are exactly 0
+        result = check(params, x, y, 0.0, drop=mask if seed % 2 else None)
         stats.append(worst(result))
         # gn there is pure rounding, ~4 eps |J| / h ~ 1e-10, against the 1e-8 floor: ~1e-2
         assert result["W2"]["max_rel_error"] > 1e3 * TOL
@@ -98,13 +98,16 @@ def test_a_noisier_machine_keeps_the_verdict(monkeypatch):
 
 # ---------------------------------------------------------------- planted bugs
 
-real_sce, real_affine_backward, real_add_l2 = (
-    network.softmax_cross_entropy, network.affine_backward, network._add_l2)  # fmt: skip
+real_sce, real_l2, real_hidden_backward = (
+    network.softmax_cross_entropy, network.add_l2_gradient, network.hidden_backward)  # fmt: skip
+real_second_backward, real_first_backward = (
+    network.second_layer_backward, network.first_layer_backward)  # fmt: skip
 
 
 def smoothing_ignored(scores, y, smoothing=0.0):
     """The loss with smoothing, its gradient without."""
-    return real_sce(scores, y, smoothing)[0], real_sce(scores, y)[1]
+    loss = real_sce(scores.copy(), y, smoothing)[0]
+    return loss, real_sce(scores, y)[1]
 
 
 def not_averaged(scores, y, smoothing=0.0):
@@ -112,38 +115,53 @@ def not_averaged(scores, y, smoothing=0.0):
     return loss, dscores * len(y)
 
 
-def no_b1_gradient(dout, cache, need_dx=True, dw=None):
-    dx, dw, db = real_affine_backward(dout, cache, need_dx, dw)
-    return dx, dw, db if need_dx else 0 * db  # the first layer is the one with need_dx=False
+def no_scale(dhd, cache, out=None):
+    """The dropout backward without its 1/(1-p)."""
+    return real_hidden_backward(dhd, (cache[0], None), out)
 
 
-def untransposed_dx(dout, cache, need_dx=True, dw=None):
-    """dout @ W2 instead of dout @ W2.T (only shape-checks when H == C)."""
-    _, dw, db = real_affine_backward(dout, cache, need_dx, dw)
-    return (dout @ cache[1] if need_dx else None), dw, db
+def no_mask(dhd, cache, out=None):
+    """A ReLU/dropout backward that lets the gradient through everywhere."""
+    scale = 1.0 if cache[1] is None else cache[1][None, :, None]
+    return dhd.transpose(1, 0, 2) * scale
 
 
-def transposed_dw(dout, cache, need_dx=True, dw=None):
-    """(x.T @ dout).T for the square W2."""
-    dx, dw, db = real_affine_backward(dout, cache, need_dx, dw)
-    return dx, (dw.T.copy() if dw.shape[0] == dw.shape[1] else dw), db
+def no_b1_gradient(ds1, x, dw=None):
+    dw1, db1 = real_first_backward(ds1, x, dw)
+    return dw1, 0 * db1
+
+
+def untransposed_dx(dscores, cache):
+    """dscores @ W2 instead of dscores @ W2.T (only shape-checks when H == C)."""
+    _, dw2, db2 = real_second_backward(dscores, cache)
+    return dscores @ cache[1], dw2, db2
+
+
+def transposed_dw(dscores, cache):
+    """(h.T @ dscores).T for the square W2."""
+    dhd, dw2, db2 = real_second_backward(dscores, cache)
+    return dhd, dw2.transpose(0, 2, 1).copy(), db2
+
+
+def b2_averaged(dscores, cache):
+    dhd, dw2, db2 = real_second_backward(dscores, cache)
+    return dhd, dw2, db2 / dscores.shape[1]
 
 
 BUGS = {  # name: (network function replaced, replacement, parameters it must show up in)
-    "dropout backward ignores the mask": ("dropout_backward", lambda d, c: d, {"W1", "b1"}),
-    "dropout backward forgets 1/(1-p)": (
-        "dropout_backward", lambda d, c: d if c is None else d * (c > 0), {"W1", "b1"}),
-    "relu backward ignores the mask": ("relu_backward", lambda d, c: d, {"W1", "b1"}),
+    "dropout backward forgets 1/(1-p)": ("hidden_backward", no_scale, {"W1", "b1"}),
+    "relu/dropout backward ignores the mask": ("hidden_backward", no_mask, {"W1", "b1"}),
     "L2 gradient lambda, not 2 lambda": (
-        "_add_l2", lambda scale: real_add_l2(scale / 2), {"W1", "W2"}),
-    "L2 gradient missing": ("_add_l2", lambda scale: real_add_l2(0.0), {"W1", "W2"}),
-    "b1 gradient missing": ("affine_backward", no_b1_gradient, {"b1"}),
+        "add_l2_gradient", lambda g, p, lam: real_l2(g, p, np.asarray(lam) / 2), {"W1", "W2"}),
+    "L2 gradient missing": ("add_l2_gradient", lambda g, p, lam: None, {"W1", "W2"}),
+    "b1 gradient missing": ("first_layer_backward", no_b1_gradient, {"b1"}),
     "smoothing ignored in the gradient": (
         "softmax_cross_entropy", smoothing_ignored, {"W1", "b1", "W2", "b2"}),
     "softmax gradient not divided by N": (
         "softmax_cross_entropy", not_averaged, {"W1", "b1", "W2", "b2"}),
-    "W2 not transposed in backprop": ("affine_backward", untransposed_dx, {"W1", "b1"}),
-    "dW2 transposed": ("affine_backward", transposed_dw, {"W2"}),
+    "W2 not transposed in backprop": ("second_layer_backward", untransposed_dx, {"W1", "b1"}),
+    "dW2 transposed": ("second_layer_backward", transposed_dw, {"W2"}),
+    "db2 averaged over the batch": ("second_layer_backward", b2_averaged, {"b2"}),
 }  # fmt: skip
 
 
@@ -155,7 +173,7 @@ def test_every_planted_bug_fails_by_orders_of_magnitude(bug, monkeypatch):
     monkeypatch.setattr(network, name, replacement)
     for seed in range(3):
         params, x, y, mask = problem(seed, 6, 10, 10, 4)
-        result = check(params, x, y, 0.01, mask=mask, smoothing=0.1)
+        result = check(params, x, y, 0.01, drop=mask, smoothing=0.1)
         # measured: >= 0.02 on every parameter the bug reaches, 2e4 x the tolerance
         assert all(result[k]["floored_rel_error"] > 1e3 * TOL for k in hit), (seed, result)
         for k in set(PARAM_KEYS) - hit:  # and nowhere else: the check says where the bug is
@@ -168,7 +186,7 @@ def test_every_planted_bug_fails_by_orders_of_magnitude(bug, monkeypatch):
 def kinked(seed: int = 0, n: int = 0, j: int = 2):
     """A problem whose pre-activation s1[n, j] is 0 (up to rounding): b1[j] cancels it."""
     params, x, y, mask = problem(seed, 7, 5, 10, 4)
-    params["b1"][j] = -(x[n] @ params["W1"][:, j])
+    params["b1"][0, j] = -(x[n] @ params["W1"][:, 0, j])
     return params, x, y, mask
 
 
@@ -177,11 +195,11 @@ def test_an_entry_at_a_kink_is_skipped_where_a_naive_check_fails():
     _, _, grads = network.loss_and_grads(params, x, y, 0.0)
 
     def cost():
-        return network.cost(params, x, y, 0.0)
+        return float(network.cost(params, x, y, 0.0)[0])
 
-    gn = gradcheck.numerical_grad(cost, params["b1"], (2,), H)
+    gn = gradcheck.numerical_grad(cost, params["b1"], (0, 2), H)
     # the centred difference straddles the kink: it averages the two slopes
-    assert gradcheck.rel_error(grads["b1"][2], gn) > 1e-2
+    assert gradcheck.rel_error(grads["b1"][0, 2], gn) > 1e-2
     result = check(params, x, y, 0.0)
     assert result["b1"]["skipped"] == 1  # b1[2] moves s1[0, 2] by the step itself
     assert result["W1"]["skipped"] == x.shape[1]  # every W1[i, 2] moves it by step * x[0, i]
@@ -192,26 +210,26 @@ def test_an_entry_at_a_kink_is_skipped_where_a_naive_check_fails():
 
 def test_a_kink_on_a_dropped_unit_is_harmless_and_checked():
     """The mask zeroes unit 2 on row 0: the cost is flat through that kink, nothing skipped."""
-    params, x, y, mask = kinked()
-    mask[0, 2] = 0.0
-    result = check(params, x, y, 0.01, mask=mask)
+    params, x, y, (u, p) = kinked()
+    u[0, 2] = 0.0  # below p: dropped
+    result = check(params, x, y, 0.01, drop=(u, p))
     assert all(r["skipped"] == 0 for r in result.values()), result
     assert worst(result) * 10 <= TOL
 
 
 def test_kink_rule_uses_the_largest_probe_with_a_margin():
     """With W1 = 0, s1 = b1 exactly: b1[j] is skipped iff |b1[j]| < 2 (margin) x 2h."""
-    params = {"W1": np.zeros((3, 5)), "b1": np.array([0.0, 1.0, 3.9e-5, 4.1e-5, -3e-5]),
-              "W2": np.zeros((5, 2)), "b2": np.zeros(2)}  # fmt: skip
+    params = {"W1": np.zeros((3, 1, 5)), "b1": np.array([[0.0, 1.0, 3.9e-5, 4.1e-5, -3e-5]]),
+              "W2": np.zeros((1, 5, 2)), "b2": np.zeros((1, 2))}  # fmt: skip
     x = np.ones((2, 3))
-    entries = [(j,) for j in range(5)]
+    entries = [(0, j) for j in range(5)]
     kinks = gradcheck.kink_entries("b1", entries, params, x, None, H)
     np.testing.assert_array_equal(kinks, [True, False, True, False, True])
     x[:, 0] = 0.0  # W1[0, j] moves no s1: never a kink; W1[1, j] moves s1 by the step
-    w1 = [(0, 0), (1, 0), (1, 1)]
+    w1 = [(0, 0, 0), (1, 0, 0), (1, 0, 1)]
     np.testing.assert_array_equal(gradcheck.kink_entries("W1", w1, params, x, None, H),
                                   [False, True, False])  # fmt: skip
-    assert not gradcheck.kink_entries("W2", [(0, 0)], params, x, None, H).any()
+    assert not gradcheck.kink_entries("W2", [(0, 0, 0)], params, x, None, H).any()
 
 
 # ---------------------------------------------------------------- the measure itself

@@ -311,7 +311,8 @@ def nan_after(monkeypatch, calls: int) -> list:
     def fake(*args, **kwargs):
         count.append(1)
         loss, cost, grads = real(*args, **kwargs)
-        return (loss, cost, grads) if len(count) <= calls else (math.nan, math.nan, grads)
+        nan = np.full_like(loss, math.nan)
+        return (loss, cost, grads) if len(count) <= calls else (nan, nan, grads)
 
     monkeypatch.setattr(network, "loss_and_grads", fake)
     return count

@@ -1,4 +1,5 @@
-"""The two-layer network: layer shapes, loss, analytic gradients vs centred differences."""
+"""The two-layer network (a stack of T = 1 here; test_stack.py stacks T > 1): layer shapes,
+loss, analytic gradients vs centred differences."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ def tiny_problem(seed: int = 0, biases: bool = True):
     rng = np.random.default_rng(seed)
     params = network.init_params(D, H, C, rng, "float64")
     if biases:
-        params["b1"] = rng.standard_normal(H) * 0.1
-        params["b2"] = rng.standard_normal(C) * 0.1
+        params["b1"] = rng.standard_normal((1, H)) * 0.1
+        params["b2"] = rng.standard_normal((1, C)) * 0.1
     x = rng.standard_normal((N, D))
     y = rng.integers(0, C, size=N)
     return params, x, y
@@ -31,9 +32,9 @@ def numerical_grads(params, x, y, lam, h=1e-5):
         for idx in np.ndindex(params[key].shape):
             old = params[key][idx]
             params[key][idx] = old + h
-            plus = network.loss_and_grads(params, x, y, lam)[1]
+            plus = network.loss_and_grads(params, x, y, lam)[1][0]
             params[key][idx] = old - h
-            minus = network.loss_and_grads(params, x, y, lam)[1]
+            minus = network.loss_and_grads(params, x, y, lam)[1][0]
             params[key][idx] = old
             g[idx] = (plus - minus) / (2 * h)
         out[key] = g
@@ -92,7 +93,8 @@ def test_compare_does_not_modify_params():
 def test_compare_detects_a_wrong_relu_gradient(monkeypatch):
     params, x, y = tiny_problem()
     # a ReLU backward that lets the gradient through everywhere, even at inactive units
-    monkeypatch.setattr(network, "relu_backward", lambda dout, cache: dout)
+    monkeypatch.setattr(network, "hidden_backward",
+                        lambda dhd, cache, out=None: dhd.transpose(1, 0, 2).copy())
     result = gradcheck.compare(params, x, y, 0.0, h=1e-5)
     assert result["W1"]["max_rel_error"] > 1e-2
     assert result["b1"]["max_rel_error"] > 1e-2
@@ -104,9 +106,9 @@ def test_compare_detects_a_missing_regulariser_gradient(monkeypatch):
     params, x, y = tiny_problem()
     real = network.loss_and_grads
 
-    def no_l2(params, x, y, lam, **kw):
+    def no_l2(params, x, y, lam, *args, **kw):
         # gradient of the loss only; the numerical cost (network.cost) keeps the penalty
-        return real(params, x, y, 0.0, **kw)
+        return real(params, x, y, 0.0, *args, **kw)
 
     monkeypatch.setattr(network, "loss_and_grads", no_l2)
     result = gradcheck.compare(params, x, y, 0.5, h=1e-5)
@@ -145,32 +147,48 @@ def test_numerical_grad_restores_the_entry():
 # ---------------------------------------------------------------- layers
 
 
-def test_affine_forward_backward_shapes_and_values():
+def test_first_layer_forward_backward_shapes_and_values():
     rng = np.random.default_rng(0)
-    x, w, b = rng.standard_normal((N, D)), rng.standard_normal((D, H)), rng.standard_normal(H)
-    out, cache = network.affine_forward(x, w, b)
-    assert out.shape == (N, H)
-    np.testing.assert_allclose(out, x @ w + b)
-    dout = rng.standard_normal((N, H))
-    dx, dw, db = network.affine_backward(dout, cache)
-    assert (dx.shape, dw.shape, db.shape) == ((N, D), (D, H), (H,))
-    np.testing.assert_allclose(dx, dout @ w.T)
-    np.testing.assert_allclose(dw, x.T @ dout)
-    np.testing.assert_allclose(db, dout.sum(axis=0))
-    dx_none, dw2, _ = network.affine_backward(dout, cache, need_dx=False)
-    assert dx_none is None
+    x, w = rng.standard_normal((N, D)), rng.standard_normal((D, 2, H))
+    s1 = network.first_layer(x, w)
+    assert s1.shape == (N, 2, H)
+    np.testing.assert_allclose(s1[:, 1], x @ w[:, 1])
+    ds1 = rng.standard_normal((N, 2, H))
+    dw, db = network.first_layer_backward(ds1, x)
+    assert (dw.shape, db.shape) == ((D, 2, H), (2, H))
+    np.testing.assert_allclose(dw[:, 1], x.T @ ds1[:, 1])
+    np.testing.assert_allclose(db, ds1.sum(axis=0))
+    buf = np.empty((D, 2, H))
+    dw2, _ = network.first_layer_backward(ds1, x, dw=buf)
+    assert np.shares_memory(dw2, buf)
     np.testing.assert_array_equal(dw2, dw)
 
 
+def test_second_layer_forward_backward():
+    rng = np.random.default_rng(1)
+    hd, w2, b2 = rng.standard_normal((N, 2, H)), rng.standard_normal((2, H, C)), \
+        rng.standard_normal((2, C))  # fmt: skip
+    scores, cache = network.second_layer_forward(hd, w2, b2)
+    assert scores.shape == (2, N, C)
+    np.testing.assert_allclose(scores[1], hd[:, 1] @ w2[1] + b2[1])
+    ds = rng.standard_normal((2, N, C))
+    dhd, dw2, db2 = network.second_layer_backward(ds, cache)
+    assert (dhd.shape, dw2.shape, db2.shape) == ((2, N, H), (2, H, C), (2, C))
+    np.testing.assert_allclose(dhd[1], ds[1] @ w2[1].T)
+    np.testing.assert_allclose(dw2[1], hd[:, 1].T @ ds[1])
+    np.testing.assert_allclose(db2, ds.sum(axis=1))
+
+
 def test_relu_forward_backward():
-    x = np.array([[-1.0, 0.0, 2.0], [3.0, -0.5, 0.25]])
-    out, cache = network.relu_forward(x)
-    assert out.shape == x.shape
-    np.testing.assert_array_equal(out, [[0.0, 0.0, 2.0], [3.0, 0.0, 0.25]])
-    dout = np.arange(1.0, 7.0).reshape(2, 3)
-    dx = network.relu_backward(dout, cache)
-    assert dx.shape == x.shape
-    np.testing.assert_array_equal(dx, [[0.0, 0.0, 3.0], [4.0, 0.0, 6.0]])
+    s1 = np.array([[-1.0, 0.0, 2.0], [3.0, -0.5, 0.25]])[:, None, :]  # (N, T=1, H)
+    b1 = np.array([[0.5, 0.0, -0.25]])
+    hd, cache = network.hidden_forward(s1.copy(), b1)
+    assert hd.shape == s1.shape
+    np.testing.assert_array_equal(hd[:, 0], [[0.0, 0.0, 1.75], [3.5, 0.0, 0.0]])
+    dhd = np.arange(1.0, 7.0).reshape(1, 2, 3)  # (T, N, H)
+    ds1 = network.hidden_backward(dhd, cache)
+    assert ds1.shape == s1.shape
+    np.testing.assert_array_equal(ds1[:, 0], [[0.0, 0.0, 3.0], [4.0, 0.0, 0.0]])
 
 
 def test_softmax_rows_sum_to_one_and_stable():
@@ -185,32 +203,32 @@ def test_softmax_rows_sum_to_one_and_stable():
 
 def test_softmax_cross_entropy_loss_and_gradient():
     rng = np.random.default_rng(5)
-    scores = rng.standard_normal((N, C)) * 3
+    scores = rng.standard_normal((1, N, C)) * 3
     y = rng.integers(0, C, size=N)
-    loss, dscores = network.softmax_cross_entropy(scores, y)
-    expected_loss = -log_softmax(scores)[np.arange(N), y].mean()
-    assert loss == pytest.approx(expected_loss, rel=1e-12)
-    assert dscores.shape == (N, C)
-    expected = (network.softmax(scores) - one_hot(y, C)) / N
-    np.testing.assert_allclose(dscores, expected, rtol=1e-12, atol=1e-15)
+    expected_loss = -log_softmax(scores[0])[np.arange(N), y].mean()
+    expected = (network.softmax(scores[0]) - one_hot(y, C)) / N
+    loss, dscores = network.softmax_cross_entropy(scores.copy(), y)
+    assert loss.shape == (1,) and loss[0] == pytest.approx(expected_loss, rel=1e-12)
+    assert dscores.shape == (1, N, C)
+    np.testing.assert_allclose(dscores[0], expected, rtol=1e-12, atol=1e-15)
 
 
 def test_softmax_cross_entropy_large_scores_finite():
-    scores = np.array([[1e4, 0.0, -1e4], [0.0, 1e4, 0.0]])
+    scores = np.array([[[1e4, 0.0, -1e4], [0.0, 1e4, 0.0]]])
     loss, dscores = network.softmax_cross_entropy(scores, np.array([0, 0]))
-    assert np.isfinite(loss) and np.all(np.isfinite(dscores))
-    assert loss == pytest.approx(1e4 / 2, rel=1e-9)
+    assert np.isfinite(loss).all() and np.all(np.isfinite(dscores))
+    assert loss[0] == pytest.approx(1e4 / 2, rel=1e-9)
 
 
 def test_forward_and_predict_shapes():
     params, x, _ = tiny_problem()
     scores = network.forward(params, x)
-    assert scores.shape == (N, C)
-    h = np.maximum(x @ params["W1"] + params["b1"], 0)
-    np.testing.assert_allclose(scores, h @ params["W2"] + params["b2"])
+    assert scores.shape == (1, N, C)
+    h = np.maximum(x @ params["W1"][:, 0] + params["b1"][0], 0)
+    np.testing.assert_allclose(scores[0], h @ params["W2"][0] + params["b2"][0])
     pred = network.predict(params, x, chunk=3)
-    assert pred.shape == (N,)
-    np.testing.assert_array_equal(pred, scores.argmax(axis=1))
+    assert pred.shape == (1, N)
+    np.testing.assert_array_equal(pred, scores.argmax(axis=2))
 
 
 # ---------------------------------------------------------------- evaluate, cost
@@ -222,18 +240,18 @@ def test_evaluate_matches_direct_computation_and_ignores_chunk_size():
     x = rng.standard_normal((23, D))
     y = rng.integers(0, C, size=23)
     lam = 0.05
-    scores = network.forward(params, x)
+    scores = network.forward(params, x)[0]
     loss = -log_softmax(scores)[np.arange(23), y].mean()
     penalty = lam * ((params["W1"] ** 2).sum() + (params["W2"] ** 2).sum())
     acc = (scores.argmax(axis=1) == y).mean()
     for chunk in (1, 4, 10, 23, 10000):
-        m = network.evaluate(params, x, y, lam, chunk=chunk)
+        m = network.evaluate(params, x, y, lam, chunk=chunk)[0]
         assert m["loss"] == pytest.approx(loss, rel=1e-12)
         assert m["cost"] == pytest.approx(loss + penalty, rel=1e-12)
         assert m["accuracy"] == pytest.approx(acc)
     lt, ct, _ = network.loss_and_grads(params, x, y, lam)
-    assert lt == pytest.approx(loss, rel=1e-12)
-    assert ct == pytest.approx(loss + penalty, rel=1e-12)
+    assert lt[0] == pytest.approx(loss, rel=1e-12)
+    assert ct[0] == pytest.approx(loss + penalty, rel=1e-12)
 
 
 def test_cost_is_loss_plus_l2_of_weights_only():
@@ -241,13 +259,13 @@ def test_cost_is_loss_plus_l2_of_weights_only():
     lam = 0.3
     loss, cost, _ = network.loss_and_grads(params, x, y, lam)
     w2 = (params["W1"] ** 2).sum() + (params["W2"] ** 2).sum()
-    assert cost == pytest.approx(loss + lam * w2, rel=1e-12)
-    assert network.l2_penalty(params, lam) == pytest.approx(lam * w2, rel=1e-12)
+    assert cost[0] == pytest.approx(loss[0] + lam * w2, rel=1e-12)
+    assert network.l2_penalty(params, lam)[0] == pytest.approx(lam * w2, rel=1e-12)
     # biases are not regularised: large biases leave the penalty unchanged
     big = dict(params, b1=params["b1"] + 100.0, b2=params["b2"] - 100.0)
     assert network.l2_penalty(big, lam) == network.l2_penalty(params, lam)
     loss0, cost0, _ = network.loss_and_grads(params, x, y, 0.0)
-    assert cost0 == loss0 == pytest.approx(loss)
+    assert cost0[0] == loss0[0] == pytest.approx(loss[0])
 
 
 def test_bias_gradients_have_no_regularisation_term():
@@ -266,8 +284,8 @@ def test_bias_gradients_have_no_regularisation_term():
 def test_init_params_statistics():
     d, h, c = 1000, 400, 10
     p = network.init_params(d, h, c, np.random.default_rng(0))
-    assert p["W1"].shape == (d, h) and p["b1"].shape == (h,)
-    assert p["W2"].shape == (h, c) and p["b2"].shape == (c,)
+    assert p["W1"].shape == (d, 1, h) and p["b1"].shape == (1, h)
+    assert p["W2"].shape == (1, h, c) and p["b2"].shape == (1, c)
     assert all(p[k].dtype == np.float32 for k in PARAM_KEYS)
     assert not p["b1"].any() and not p["b2"].any()
     assert p["W1"].std() == pytest.approx(1 / np.sqrt(d), rel=0.02)
@@ -299,9 +317,9 @@ def test_sgd_update_moves_by_minus_lr_grad_in_place():
         assert id(params[key]) == ids[key]
         np.testing.assert_array_equal(params[key], before[key] - lr * grads[key])
     # a step along the negative gradient with a small rate lowers the cost
-    assert network.loss_and_grads(params, x, y, 0.1)[1] < network.loss_and_grads(
+    assert network.loss_and_grads(params, x, y, 0.1)[1][0] < network.loss_and_grads(
         before, x, y, 0.1
-    )[1]
+    )[1][0]
 
 
 def test_sgd_update_zero_lr_is_identity():

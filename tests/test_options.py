@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar2l import augment, data, gradcheck, network, optim, search
-from cifar2l import train as train_mod
+from cifar2l import augment, data, gradcheck, kernels, loop, network, optim, search
 from cifar2l.config import Config, load_config
 from cifar2l.errors import ConfigError, DivergedError
 from cifar2l.network import PARAM_KEYS
@@ -54,64 +53,77 @@ def read_csv(path: Path) -> list[dict]:
 def tiny_problem(seed: int = 0, n: int = 4, d: int = 6, h: int = 7, c: int = 3):
     rng = np.random.default_rng(seed)
     params = network.init_params(d, h, c, rng, "float64")
-    params["b1"] += rng.standard_normal(h) * 0.1  # non-zero biases: every gradient is exercised
-    params["b2"] += rng.standard_normal(c) * 0.1
+    params["b1"] += rng.standard_normal((1, h)) * 0.1  # non-zero biases: every gradient is used
+    params["b2"] += rng.standard_normal((1, c)) * 0.1
     x = rng.standard_normal((n, d))
     y = rng.integers(0, c, size=n)
     return params, x, y, rng
 
 
 def smoke_setup(official_dir: Path, *overrides: str):
+    """(config, data, stack, fresh state) of the smoke config with overrides."""
     cfg = load_config(SMOKE, [f"data.root={official_dir}", *overrides])
     prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
-    rngs = make_rngs(cfg.seed)
-    params = network.init_params(prep.train.x.shape[1], cfg.model.hidden, len(prep.classes),
-                                 rngs["init"], cfg.dtype)  # fmt: skip
-    return cfg, prep, rngs, params
+    stack = loop.make_stack([cfg])
+    return cfg, prep, stack, loop.init_state(stack, prep.train.x.shape[1], len(prep.classes))
+
+
+def trained(official_dir: Path, *overrides: str) -> loop.TrainState:
+    cfg, prep, stack, state = smoke_setup(official_dir, *overrides)
+    return loop.run(state, stack, loop.Data(prep.train, prep.val))
+
+
+def dropped(x, p: float, rng):
+    """Inverted dropout of x (N, H) > 0 as the training step does it: (out (N, H), u or None)."""
+    u = rng.random(x.shape, dtype=np.float32) if p > 0 else None
+    hd, _ = network.hidden_forward(x[:, None, :].copy(), np.zeros((1, x.shape[1]), x.dtype),
+                                   u, np.array([p]))  # fmt: skip
+    return hd[:, 0], u
 
 
 # ---------------------------------------------------------------- dropout
 
 
-def test_dropout_p0_is_the_identity():
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((20, 7)).astype(np.float32)
-    state = rng.bit_generator.state
-    out, cache = network.dropout_forward(x, 0.0, rng)
-    assert cache is None
+def test_dropout_p0_draws_nothing_and_is_the_identity(official_dir):
+    x = np.random.default_rng(1).uniform(0.5, 2.0, size=(20, 7)).astype(np.float32)
+    out, u = dropped(x, 0.0, np.random.default_rng(1))
+    assert u is None
     np.testing.assert_array_equal(out, x)
-    assert rng.bit_generator.state == state  # no draw at p = 0
-    dout = rng.standard_normal((20, 7)).astype(np.float32)
-    np.testing.assert_array_equal(network.dropout_backward(dout, None), dout)
+    cfg, prep, stack, state = smoke_setup(official_dir)
+    before = state.rngs["dropout"].bit_generator.state
+    loop.run(state, stack, loop.Data(prep.train, prep.val))
+    assert state.rngs["dropout"].bit_generator.state == before  # no draw at p = 0
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.75])
 def test_dropout_scales_kept_units_and_zeroes_the_others(p, dtype):
     x = np.random.default_rng(2).uniform(1.0, 2.0, size=(300, 40)).astype(dtype)  # no zeros
-    out, mask = network.dropout_forward(x, p, np.random.default_rng(3))
-    assert out.dtype == x.dtype and out.shape == x.shape and mask.shape == x.shape
+    out, u = dropped(x, p, np.random.default_rng(3))
+    assert out.dtype == x.dtype and out.shape == x.shape
     kept = out != 0
     assert 0 < kept.sum() < kept.size
+    np.testing.assert_array_equal(kept, u >= np.float32(p))
     scale = dtype(1) / dtype(1 - p)
     np.testing.assert_array_equal(out[kept], x[kept] * scale)  # exactly 1/(1-p)
     np.testing.assert_allclose(out[kept], x[kept] / (1 - p), rtol=4 * np.finfo(dtype).eps)
+    mask = network.dropout_mask(u, np.array([p]), dtype)[:, 0]
     assert set(np.unique(mask).tolist()) == {0.0, float(scale)}
-    np.testing.assert_array_equal(mask != 0, kept)
+    np.testing.assert_array_equal(out, x * mask)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 def test_dropout_fraction_dropped_is_close_to_p(p):
     x = np.ones((500, 400), dtype=np.float32)
-    out, _ = network.dropout_forward(x, p, np.random.default_rng(4))
-    dropped = float((out == 0).mean())
-    assert abs(dropped - p) < 0.006, dropped  # 200,000 draws: std about 0.001
+    out, _ = dropped(x, p, np.random.default_rng(4))
+    frac = float((out == 0).mean())
+    assert abs(frac - p) < 0.006, frac  # 200,000 draws: std about 0.001
 
 
 def test_dropout_keeps_the_expected_value():
     v = np.linspace(0.5, 3.0, 10)
     x = np.tile(v, (20000, 1))
-    out, _ = network.dropout_forward(x, 0.5, np.random.default_rng(5))
+    out, _ = dropped(x, 0.5, np.random.default_rng(5))
     np.testing.assert_allclose(out.mean(axis=0), v, rtol=0.03)  # inverted: E[out] = x
     # without the 1/(1-p) scaling the mean would be half of v
     assert np.all(np.abs(out.mean(axis=0) - v) < 0.2 * v)
@@ -119,68 +131,59 @@ def test_dropout_keeps_the_expected_value():
 
 def test_dropout_mask_is_reproducible_from_the_seed():
     x = np.ones((50, 30), dtype=np.float32)
-    a, ma = network.dropout_forward(x, 0.4, np.random.default_rng(6))
-    b, mb = network.dropout_forward(x, 0.4, np.random.default_rng(6))
-    c, _ = network.dropout_forward(x, 0.4, np.random.default_rng(7))
+    a, _ = dropped(x, 0.4, np.random.default_rng(6))
+    b, _ = dropped(x, 0.4, np.random.default_rng(6))
+    c, _ = dropped(x, 0.4, np.random.default_rng(7))
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(ma, mb)
     assert not np.array_equal(a, c)
-
-
-def test_dropout_fixed_mask_overrides_the_rng():
-    x = np.random.default_rng(8).standard_normal((5, 4))
-    mask = (np.arange(20).reshape(5, 4) % 3 != 0) / 0.5
-    rng = np.random.default_rng(9)
-    state = rng.bit_generator.state
-    out, cache = network.dropout_forward(x, 0.7, rng, mask)
-    np.testing.assert_array_equal(out, x * mask)
-    assert cache is mask
-    assert rng.bit_generator.state == state
 
 
 def test_dropout_backward_uses_the_forward_mask():
     rng = np.random.default_rng(10)
-    x = rng.standard_normal((30, 12))
-    out, mask = network.dropout_forward(x, 0.5, rng)
-    dout = rng.standard_normal((30, 12))
-    dx = network.dropout_backward(dout, mask)
-    np.testing.assert_array_equal(dx, dout * mask)
-    np.testing.assert_array_equal(dx == 0, out == 0)
-    np.testing.assert_array_equal(dx[mask != 0], dout[mask != 0] * 2.0)
+    s1 = rng.standard_normal((30, 1, 12))
+    u = rng.random((30, 12), dtype=np.float32)
+    hd, cache = network.hidden_forward(s1.copy(), np.zeros((1, 12)), u, np.array([0.5]))
+    dhd = rng.standard_normal((1, 30, 12))
+    ds1 = network.hidden_backward(dhd, cache)[:, 0]
+    mask = network.dropout_mask(u, np.array([0.5]), np.float64)[:, 0]
+    np.testing.assert_array_equal(ds1, dhd[0] * mask * (s1[:, 0] > 0))
+    np.testing.assert_array_equal(ds1 == 0, hd[:, 0] == 0)
+    live = hd[:, 0] != 0
+    np.testing.assert_array_equal(ds1[live], dhd[0][live] * 2.0)
 
 
 def test_loss_and_grads_drops_hidden_units_only_when_asked():
     params, x, y, _ = tiny_problem()
+    u = np.random.default_rng(0).random((x.shape[0], 7), dtype=np.float32)
     plain = network.loss_and_grads(params, x, y, 0.01)
-    p0 = network.loss_and_grads(params, x, y, 0.01, 0.0, np.random.default_rng(0))
+    p0 = network.loss_and_grads(params, x, y, 0.01, 0.0, u)
     assert plain[0] == p0[0]
     for k in PARAM_KEYS:
         np.testing.assert_array_equal(plain[2][k], p0[2][k])
-    drop_a = network.loss_and_grads(params, x, y, 0.01, 0.5, np.random.default_rng(11))
-    drop_b = network.loss_and_grads(params, x, y, 0.01, 0.5, np.random.default_rng(11))
+    drop_a = network.loss_and_grads(params, x, y, 0.01, 0.5, u)
+    drop_b = network.loss_and_grads(params, x, y, 0.01, 0.5, u.copy())
     assert drop_a[0] == drop_b[0] and drop_a[0] != plain[0]
-    ones = np.ones((x.shape[0], params["W1"].shape[1]))
-    with_ones = network.loss_and_grads(params, x, y, 0.01, mask=ones)
-    assert with_ones[0] == pytest.approx(plain[0], rel=1e-14)
 
 
 def test_evaluation_never_applies_dropout(official_dir, monkeypatch):
-    cfg, prep, rngs, params = smoke_setup(official_dir, "model.dropout=0.5")
+    cfg, prep, stack, state = smoke_setup(official_dir, "model.dropout=0.5")
     assert cfg.model.dropout == 0.5
-    state = rngs["dropout"].bit_generator.state
-    rows = train_mod.train(params, prep.train, prep.val, cfg, rngs)
-    assert rngs["dropout"].bit_generator.state != state  # training did draw dropout masks
+    before = state.rngs["dropout"].bit_generator.state
+    loop.run(state, stack, loop.Data(prep.train, prep.val))
+    assert state.rngs["dropout"].bit_generator.state != before  # training did draw masks
+    params, rows = state.params, state.rows[0]
+    real = network.hidden_forward
 
-    def no_dropout(*a, **k):
-        raise AssertionError("dropout applied at evaluation")
+    def no_dropout(s1, b1, u=None, p=None):
+        assert u is None, "dropout applied at evaluation"
+        return real(s1, b1, u, p)
 
-    monkeypatch.setattr(network, "dropout_forward", no_dropout)
+    monkeypatch.setattr(network, "hidden_forward", no_dropout)
     lam = cfg.optim.lambda_
-    state = rngs["dropout"].bit_generator.state
     for split, name in ((prep.train, "train"), (prep.val, "val")):
-        m = network.evaluate(params, split.x, split.y, lam)
-        assert m == network.evaluate(params, split.x, split.y, lam)  # deterministic
-        scores = network.forward(params, split.x).astype(np.float64)
+        m = network.evaluate(params, split.x, split.y, lam)[0]
+        assert m == network.evaluate(params, split.x, split.y, lam)[0]  # deterministic
+        scores = network.forward(params, split.x)[0].astype(np.float64)
         z = scores - scores.max(axis=1, keepdims=True)
         log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         nll = -log_p[np.arange(len(split.y)), split.y].mean()
@@ -188,26 +191,34 @@ def test_evaluation_never_applies_dropout(official_dir, monkeypatch):
         assert m["loss"] == pytest.approx(nll, rel=1e-5)
         assert rows[-1][f"{name}_accuracy"] == m["accuracy"]  # the logged row is eval mode
         assert rows[-1][f"{name}_loss"] == m["loss"]
-    np.testing.assert_array_equal(
-        network.predict(params, prep.val.x), network.forward(params, prep.val.x).argmax(axis=1)
-    )
-    assert rngs["dropout"].bit_generator.state == state
+    np.testing.assert_array_equal(network.predict(params, prep.val.x)[0],
+                                  network.forward(params, prep.val.x)[0].argmax(axis=1))
 
 
 # ---------------------------------------------------------------- gradient check with dropout
 
 
-def fixed_mask(n: int, h: int, p: float, seed: int = 12) -> np.ndarray:
-    keep = np.random.default_rng(seed).random((n, h)) >= p
-    assert 0 < keep.sum() < keep.size
-    return keep / (1 - p)
+def fixed_mask(n: int, h: int, p: float, seed: int = 12) -> tuple:
+    """A fixed dropout mask as the gradient check takes it: draws u (N, H) and p."""
+    u = np.random.default_rng(seed).random((n, h), dtype=np.float32)
+    assert 0 < (u >= p).sum() < u.size
+    return u, p
+
+
+real_hidden_backward = network.hidden_backward
+
+
+def backward_without_mask(dhd, cache, out=None):
+    """The dropout mask forgotten in the backward pass (its 1/(1-p) scale with it): without
+    dropout it is the right gradient."""
+    return real_hidden_backward(dhd, (cache[0], None), out)
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.01])
 def test_gradcheck_through_a_fixed_dropout_mask_passes(lam):
     params, x, y, _ = tiny_problem()
-    mask = fixed_mask(x.shape[0], params["W1"].shape[1], 0.5)
-    result = gradcheck.compare(params, x, y, lam, 1e-5, mask=mask)
+    mask = fixed_mask(x.shape[0], params["W1"].shape[2], 0.5)
+    result = gradcheck.compare(params, x, y, lam, 1e-5, drop=mask)
     assert set(result) == set(PARAM_KEYS)
     for key, r in result.items():
         assert r["coords"] == params[key].size
@@ -216,12 +227,12 @@ def test_gradcheck_through_a_fixed_dropout_mask_passes(lam):
 
 def test_gradcheck_catches_a_backward_that_ignores_the_mask(monkeypatch):
     params, x, y, _ = tiny_problem()
-    mask = fixed_mask(x.shape[0], params["W1"].shape[1], 0.5)
-    monkeypatch.setattr(network, "dropout_backward", lambda dout, cache: dout)
-    result = gradcheck.compare(params, x, y, 0.0, 1e-5, mask=mask)
+    mask = fixed_mask(x.shape[0], params["W1"].shape[2], 0.5)
+    monkeypatch.setattr(network, "hidden_backward", backward_without_mask)
+    result = gradcheck.compare(params, x, y, 0.0, 1e-5, drop=mask)
     assert result["W1"]["floored_rel_error"] > 1e-2, result  # O(1): 1e4 x the tolerance
     assert result["b1"]["floored_rel_error"] > 1e-2
-    # the output layer does not go through dropout_backward: still right
+    # the output layer does not go through hidden_backward: still right
     assert result["W2"]["floored_rel_error"] * 10 <= 1e-6
 
 
@@ -250,7 +261,7 @@ def test_gradcheck_command_reports_the_dropout_problem(official_dir, tmp_path):
 
 def test_gradcheck_command_fails_with_a_wrong_dropout_backward(official_dir, tmp_path,
                                                               monkeypatch):  # fmt: skip
-    monkeypatch.setattr(network, "dropout_backward", lambda dout, cache: dout)
+    monkeypatch.setattr(network, "hidden_backward", backward_without_mask)
     out = tmp_path / "runs"
     result = invoke("gradcheck", GRADCHECK, "--set", f"data.root={official_dir}", "--out", out,
                     "--json", "--set", "gradcheck.full_size_coords=2")  # fmt: skip
@@ -273,98 +284,108 @@ HEAVY_BALL = [[0.9, -2.2], [0.91, -2.43], [0.869, -2.537]]  # p -= v
 NESTEROV = [[0.81, -2.38], [0.919, -2.637], [0.8321, -2.6333]]  # p -= 0.9 v + 0.1 g
 
 
+def by_hand_params():
+    """A stack of T = 1 whose W2 holds P0 and b2 holds 3.0 (W1 and b1 get no gradient)."""
+    return {"W1": np.zeros((1, 1, 2)), "b1": np.zeros((1, 2)),
+            "W2": P0.reshape(1, 2, 1).copy(), "b2": np.array([[3.0]])}  # fmt: skip
+
+
+def by_hand_grads(g):
+    return {"W1": np.zeros((1, 1, 2)), "b1": np.zeros((1, 2)), "W2": g.reshape(1, 2, 1),
+            "b2": np.array([[1.0]])}  # fmt: skip
+
+
+def optimizer(gamma: float, nesterov: bool = False) -> optim.Optimizer:
+    return optim.Optimizer(np.zeros(1), np.array([gamma]), np.zeros(1), nesterov)
+
+
 @pytest.mark.parametrize("nesterov, expected", [(False, HEAVY_BALL), (True, NESTEROV)])
 def test_momentum_update_by_hand(nesterov, expected):
-    params = {"w": P0.copy(), "b": np.array([3.0])}
-    velocity = optim.init_velocity(params)
-    assert velocity["w"].tolist() == [0.0, 0.0] and velocity["b"].tolist() == [0.0]
+    params, opt = by_hand_params(), optimizer(0.9, nesterov)
+    velocity = optim.init_velocity(params, opt)
+    assert velocity["W2"].ravel().tolist() == [0.0, 0.0] and velocity["b2"].tolist() == [[0.0]]
     for g, v_hand, p_hand in zip(GRADS, VELOCITIES, expected, strict=True):
-        optim.momentum_update(params, {"w": g, "b": np.array([1.0])}, 0.1, velocity, 0.9,
-                              nesterov)  # fmt: skip
-        np.testing.assert_allclose(velocity["w"], v_hand, rtol=1e-12, atol=1e-15)
-        np.testing.assert_allclose(params["w"], p_hand, rtol=1e-12, atol=1e-15)
+        optim.update(params, by_hand_grads(g), np.array([0.1]), velocity, opt)
+        np.testing.assert_allclose(velocity["W2"].ravel(), v_hand, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(params["W2"].ravel(), p_hand, rtol=1e-12, atol=1e-15)
     # b: constant gradient 1 -> v = 0.1, 0.19, 0.271
-    np.testing.assert_allclose(velocity["b"], [0.271], rtol=1e-12)
+    np.testing.assert_allclose(velocity["b2"].ravel(), [0.271], rtol=1e-12)
     b_moved = 0.1 + 0.19 + 0.271 if not nesterov else (0.19 + 0.271 + 0.3439)
-    np.testing.assert_allclose(params["b"], [3.0 - b_moved], rtol=1e-12)
+    np.testing.assert_allclose(params["b2"].ravel(), [3.0 - b_moved], rtol=1e-12)
 
 
 def test_init_velocity_is_zero_and_separate():
-    params = {"W": np.ones((2, 3), dtype=np.float32), "b": np.full(3, 2.0, dtype=np.float32)}
-    v = optim.init_velocity(params)
+    params = network.init_params(3, 2, 4, np.random.default_rng(0))
+    v = optim.init_velocity(params, optimizer(0.5))
     for k in params:
         assert v[k].shape == params[k].shape and v[k].dtype == params[k].dtype
         assert not v[k].any()
         assert not np.shares_memory(v[k], params[k])
+    assert optim.init_velocity(params, optimizer(0.0)) is None  # no trial uses momentum
 
 
 def test_update_without_velocity_is_plain_sgd():
-    params = {"w": P0.copy()}
-    expected = {"w": P0.copy()}
+    params, expected = by_hand_params(), by_hand_params()
     for g in GRADS:
-        optim.update(params, {"w": g}, 0.1, None, 0.9, False)
-        optim.sgd_update(expected, {"w": g}, 0.1)
-    np.testing.assert_array_equal(params["w"], expected["w"])
-    np.testing.assert_allclose(params["w"], P0 - 0.1 * sum(GRADS), rtol=1e-12)
+        optim.update(params, by_hand_grads(g), np.array([0.1]), None, optimizer(0.0))
+        optim.sgd_update(expected, by_hand_grads(g), 0.1)
+    np.testing.assert_array_equal(params["W2"], expected["W2"])
+    np.testing.assert_allclose(params["W2"].ravel(), P0 - 0.1 * sum(GRADS), rtol=1e-12)
 
 
-def test_update_with_velocity_is_momentum():
-    params, velocity = {"w": P0.copy()}, {"w": np.zeros(2)}
+def test_momentum_zero_in_a_stack_steps_like_sgd():
+    """A trial with momentum 0 beside one with momentum steps exactly like plain SGD."""
+    params = network.stack([by_hand_params(), by_hand_params()])
+    opt = optim.Optimizer(np.zeros(2), np.array([0.9, 0.0]), np.zeros(2), True)
+    velocity, sgd = optim.init_velocity(params, opt), by_hand_params()
     for g in GRADS:
-        optim.update(params, {"w": g}, 0.1, velocity, 0.9, True)
-    np.testing.assert_allclose(params["w"], NESTEROV[-1], rtol=1e-12)
+        grads = network.stack([by_hand_grads(g), by_hand_grads(g)])
+        optim.update(params, grads, np.array([0.1, 0.1]), velocity, opt)
+        optim.sgd_update(sgd, by_hand_grads(g), 0.1)
+    np.testing.assert_array_equal(network.select(params, [1])["W2"], sgd["W2"])
+    np.testing.assert_allclose(params["W2"][0].ravel(), NESTEROV[-1], rtol=1e-12)
 
 
 def _batch(prep, n: int = 10):
     return prep.train.x[:n].copy(), prep.train.y[:n]
 
 
-def test_momentum_zero_creates_no_velocity_and_steps_like_sgd(official_dir, monkeypatch):
-    cfg, prep, rngs, params = smoke_setup(official_dir)
-    assert cfg.optim.momentum == 0
-
-    def no_velocity(p):
-        raise AssertionError("a velocity was created with momentum 0")
-
-    monkeypatch.setattr(optim, "init_velocity", no_velocity)
-    expected = {k: v.copy() for k, v in params.items()}
-    step = train_mod.make_step(params, cfg, rngs)
-    for t, lr in enumerate((0.05, 0.02)):
+@pytest.mark.parametrize("sets", [(), ("optim.momentum=0.8", "optim.nesterov=true"),
+                                  ("optim.weight_decay=0.1", "optim.label_smoothing=0.1")])
+def test_train_step_is_loss_and_grads_then_the_update(official_dir, sets):
+    """The loop's step: the data gradient, then the optimizer's pass (L2 term included)."""
+    cfg, prep, stack, state = smoke_setup(official_dir, *sets)
+    assert (state.velocity is None) == (cfg.optim.momentum == 0)
+    expected = {k: v.copy() for k, v in state.params.items()}
+    velocity = optim.init_velocity(expected, stack.opt)
+    for t in range(3):
+        state.step = t
         xb, yb = _batch(prep)
-        _, _, grads = network.loss_and_grads(expected, xb, yb, cfg.optim.lambda_)
-        optim.sgd_update(expected, grads, lr)
-        loss = step(xb, yb, lr, t)
-        assert np.isfinite(loss)
+        _, _, grads = network.loss_and_grads(expected, xb, yb, 0.0,
+                                             smoothing=cfg.optim.label_smoothing)  # fmt: skip
+        optim.update(expected, grads, stack.lr(t), velocity, stack.opt)
+        loop.train_step(state, stack, xb, yb, {})
         for k in PARAM_KEYS:
-            np.testing.assert_array_equal(params[k], expected[k])
+            np.testing.assert_array_equal(state.params[k], expected[k])
 
 
-def test_make_step_with_momentum_follows_momentum_update(official_dir, monkeypatch):
-    cfg, prep, rngs, params = smoke_setup(official_dir, "optim.momentum=0.8",
-                                          "optim.nesterov=true")  # fmt: skip
-    made = []
-    real = optim.init_velocity
-    monkeypatch.setattr(optim, "init_velocity", lambda p: made.append(1) or real(p))
-    expected = {k: v.copy() for k, v in params.items()}
-    velocity = real(expected)
-    step = train_mod.make_step(params, cfg, rngs)
-    assert made == [1]
-    for t, lr in enumerate((0.05, 0.02, 0.01)):
-        xb, yb = _batch(prep)
-        _, _, grads = network.loss_and_grads(expected, xb, yb, cfg.optim.lambda_)
-        optim.momentum_update(expected, grads, lr, velocity, 0.8, True)
-        step(xb, yb, lr, t)
-        for k in PARAM_KEYS:
-            np.testing.assert_allclose(params[k], expected[k], rtol=1e-6, atol=1e-7)
-
-
-def test_make_step_raises_on_a_non_finite_loss(official_dir, monkeypatch):
-    cfg, prep, rngs, params = smoke_setup(official_dir)
-    step = train_mod.make_step(params, cfg, rngs)
+def test_train_step_raises_on_a_non_finite_loss(official_dir):
+    cfg, prep, stack, state = smoke_setup(official_dir)
+    state.step = 3
     xb, yb = _batch(prep)
     xb[0, 0] = np.nan
     with pytest.raises(DivergedError, match="step 3"):
-        step(xb, yb, 0.1, 3)
+        loop.train_step(state, stack, xb, yb, {})
+
+
+def test_kernels_module_is_what_the_step_runs(official_dir, monkeypatch):
+    """The step's element-wise passes are kernels.py's (a compiled kernel beside its reference)."""
+    calls = []
+    real = kernels.update
+    monkeypatch.setattr(kernels, "update", lambda *a: calls.append(1) or real(*a))
+    cfg, prep, stack, state = smoke_setup(official_dir)
+    loop.train_step(state, stack, *_batch(prep), {})
+    assert len(calls) == 4  # one pass per parameter
 
 
 # ---------------------------------------------------------------- input noise
@@ -519,9 +540,7 @@ def test_training_with_all_options_on(official_dir, tmp_path):
 )
 def test_each_option_changes_training(official_dir, overrides):
     def final(*sets):
-        cfg, prep, rngs, params = smoke_setup(official_dir, *sets)
-        train_mod.train(params, prep.train, prep.val, cfg, rngs)
-        return params
+        return trained(official_dir, *sets).params
 
     plain, changed = final(), final(*overrides)
     assert any(not np.array_equal(plain[k], changed[k]) for k in PARAM_KEYS)
@@ -529,20 +548,17 @@ def test_each_option_changes_training(official_dir, overrides):
 
 def test_nesterov_differs_from_heavy_ball(official_dir):
     def final(*sets):
-        cfg, prep, rngs, params = smoke_setup(official_dir, "optim.momentum=0.9",
-                                              "schedule.eta_max=0.01", *sets)  # fmt: skip
-        train_mod.train(params, prep.train, prep.val, cfg, rngs)
-        return params
+        return trained(official_dir, "optim.momentum=0.9", "schedule.eta_max=0.01", *sets).params
 
     heavy, nest = final(), final("optim.nesterov=true")
     assert not np.array_equal(heavy["W1"], nest["W1"])
 
 
 def test_noise_does_not_touch_the_training_split(official_dir):
-    cfg, prep, rngs, params = smoke_setup(official_dir, "augment.noise.fraction=1.0",
+    cfg, prep, stack, state = smoke_setup(official_dir, "augment.noise.fraction=1.0",
                                           "augment.noise.std=1.0")  # fmt: skip
     before = prep.train.x.copy()
-    train_mod.train(params, prep.train, prep.val, cfg, rngs)
+    loop.run(state, stack, loop.Data(prep.train, prep.val))
     assert prep.train.x.tobytes() == before.tobytes()  # noise goes on the gathered batch only
 
 

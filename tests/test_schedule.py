@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cifar2l import schedule, train
+from cifar2l import loop, schedule
 from cifar2l.config import ScheduleConfig
 
 ETA_MIN, ETA_MAX, N_S = 1e-5, 1e-1, 500
@@ -98,7 +98,7 @@ def test_default_log_every_is_ten_points_per_cycle():
     assert schedule.default_log_every(ScheduleConfig(n_s=2)) == 1  # never 0
     assert schedule.default_log_every(ScheduleConfig(kind="constant", steps=3)) == 1
     cfg = ScheduleConfig(n_s=800, cycles=3)
-    points = train.log_points(schedule.total_steps(cfg), schedule.default_log_every(cfg))
+    points = loop.log_points(schedule.total_steps(cfg), schedule.default_log_every(cfg))
     assert len(points) == 10 * 3 + 1  # ten per cycle, plus step 0
 
 
@@ -119,7 +119,7 @@ def test_schedule_functions_accept_plain_namespaces():
     ],
 )
 def test_log_points_include_zero_and_last(total, every, expected):
-    points = train.log_points(total, every)
+    points = loop.log_points(total, every)
     assert points == expected
     assert points[0] == 0 and points[-1] == total
     assert points == sorted(set(points))

@@ -1,0 +1,400 @@
+"""Element-wise passes of a training step, compiled with numba, each beside its NumPy reference.
+
+Why numba: a NumPy expression such as the optimizer update (L2 gradient, weight decay,
+momentum, step) makes several passes over a 50 MB weight matrix, each allocating a temporary,
+on one core. A compiled loop reads and writes each element once, on every core the command
+was given (`set_threads`). The ReLU/dropout, softmax and augmentation passes gain the same way.
+
+Why the references stay: `<name>_ref` is the plain array expression. It takes its module from
+its inputs, so it is the path for CuPy arrays (and for NumPy arrays that are not C-contiguous,
+or when numba is not installed), and it is what tests/test_kernels.py checks each kernel
+against (within 2 ulp; the gather bitwise).
+
+Determinism: every kernel is element-wise or row-wise. The parallel loop hands out independent
+rows and no reduction is split over threads (the per-row losses of `softmax_xent` are summed
+by NumPy after the loop), so results are bitwise the same whatever the thread count. Float
+arithmetic stays in the arrays' dtype (float32 or float64), in the reference's order of
+operations, without fastmath (no reassociation, no fused multiply-add).
+
+Caching: the kernels are `@njit(cache=True)` functions of cifar2l/_kernels_nb.py, imported on
+first use (so `import cifar2l.kernels` stays cheap and the CuPy path never imports numba).
+numba 0.68 picks the first cache locator that applies (numba/core/caching.py,
+CacheImpl._locator_classes): `NUMBA_CACHE_DIR` if set (UserProvidedCacheLocator); else the
+`__pycache__` folder beside _kernels_nb.py if it can be created and written
+(InTreeCacheLocator); else, as in a non-editable install into a read-only site-packages, a
+user-wide folder, $XDG_CACHE_HOME/numba or ~/.cache/numba on Linux, ~/Library/Caches/numba on
+macOS (UserWideCacheLocator, through numba's appdirs). If none is writable, numba refuses
+cache=True when the module is imported ("no locator available"); _kernels_nb then compiles
+without a cache, in every process. An entry is keyed by the source file's content hash (not
+its mtime), the signature, the CPU and the numba version. A cold compile of all kernels for
+one dtype takes ~6 s (2 cores), a load from the cache ~0.4 s.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+PIXELS = 3 * 32 * 32  # a CIFAR row: the R, G, B planes of a 32x32 image
+MAX_SHIFT = 31  # np.pad mode="reflect" cannot pad an axis by more than its length - 1
+
+_UNSET = object()
+_nb_module = _UNSET  # cifar2l._kernels_nb once loaded, None without numba
+_threads: int | None = None  # the count set_threads asked for
+PARALLEL_MIN = 1 << 18  # elements: smaller passes run on one thread
+_applied = threading.local()  # numba's thread count is per calling thread: apply it in each
+
+
+def array_module(x):
+    """numpy, or cupy for CuPy arrays (imported only when such an array is passed)."""
+    if type(x).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+# --- numba loading and threads -----------------------------------------------------------
+
+
+def _load():
+    """The numba kernels module (imported once), or None when numba is not installed."""
+    global _nb_module
+    if _nb_module is _UNSET:
+        try:
+            from . import _kernels_nb
+        except ModuleNotFoundError as exc:
+            if exc.name != "numba":
+                raise
+            _kernels_nb = None
+        _nb_module = _kernels_nb
+    return _nb_module
+
+
+def have_numba() -> bool:
+    """Whether NumPy arrays take the compiled path (numba importable)."""
+    return _load() is not None
+
+
+def _apply_threads(nb, n: int | None) -> None:
+    """numba's thread count for this Python thread (numba keeps it per thread)."""
+    if n is not None and getattr(_applied, "threads", None) != n:
+        nb.numba.set_num_threads(min(n, nb.numba.config.NUMBA_NUM_THREADS))
+        _applied.threads = n
+
+
+def set_threads(n: int) -> None:
+    """Run the kernels on n threads (capped at numba's NUMBA_NUM_THREADS), the BLAS count.
+
+    Does not import numba: the count is applied when the kernels load, and again in any other
+    Python thread that calls a kernel (numba's setting is thread-local)."""
+    global _threads
+    if int(n) < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
+    _threads = int(n)
+
+
+def _compiled(dtype, *arrays):
+    """The kernels module if numba is there and every array is a C-contiguous NumPy array
+    (of dtype float32/float64 when dtype is given), else None: take the reference.
+
+    A kernel over fewer than PARALLEL_MIN elements (the first array) runs on one thread: waking
+    the pool would cost more than the pass (a 50-unit layer's update is ~10 us of work)."""
+    if dtype is not None and dtype not in (np.float32, np.float64):
+        return None
+    for a in arrays:
+        if a is not None and not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
+            return None
+    nb = _load()
+    if nb is not None:
+        many = _threads or nb.numba.config.NUMBA_NUM_THREADS
+        _apply_threads(nb, 1 if arrays[0].size < PARALLEL_MIN else many)
+    return nb
+
+
+def _vec(a):
+    return np.ascontiguousarray(a)
+
+
+# --- argument checks (the kernels do no bounds checks: shapes are checked before) ---------
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+def _dtypes(dtype, **arrays) -> None:
+    for name, a in arrays.items():
+        if a is not None and a.dtype != dtype:
+            raise TypeError(f"{name} has dtype {a.dtype}, expected {np.dtype(dtype)}")
+
+
+def _shapes(shape, **arrays) -> None:
+    for name, a in arrays.items():
+        if a is not None and tuple(a.shape) != tuple(shape):
+            raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+
+
+def _in_range(name: str, a, lo: int, hi: int) -> None:
+    """lo <= a <= hi (NumPy arrays only: checking a CuPy array would wait for the device)."""
+    if isinstance(a, np.ndarray) and a.size and (a.min() < lo or a.max() > hi):
+        raise ValueError(f"{name} has values outside [{lo}, {hi}]")
+
+
+# --- 1. optimizer update ------------------------------------------------------------------
+
+
+def update_ref(p, g, v, lr, l2, gamma, decay, nesterov: bool) -> None:
+    """The reference of `update`: the same expression with temporaries (g is not modified)."""
+
+    def col(a):
+        return a[None, :, None]
+
+    gt = g + col(l2) * p
+    q = p - col(decay) * p
+    if v is None:
+        p[...] = q - col(lr) * gt
+        return
+    v[...] = col(gamma) * v + col(lr) * gt
+    p[...] = q - (col(gamma) * v + col(lr) * gt) if nesterov else q - v
+
+
+def update(p, g, v, lr, l2, gamma, decay, nesterov: bool) -> None:
+    """One optimizer step in place on p (R, T, K) and the velocity v (R, T, K), or v = None
+    for plain SGD; g (R, T, K) is the data gradient and is not modified. lr, l2 (2 lambda,
+    already doubled), gamma (ignored without v) and decay (lr * weight decay): (T,) vectors in
+    p's dtype. Per element of trial t, in this order:
+
+        gt = g + l2 p;  q = p - decay p
+        SGD:  p = q - lr gt
+        momentum: v = gamma v + lr gt;  p = q - (gamma v + lr gt) if nesterov else q - v
+    """
+    _require(p.ndim == 3, f"p must be (R, T, K), got shape {tuple(p.shape)}")
+    _require(v is None or gamma is not None, "momentum (v given) needs gamma")
+    gamma_used = None if v is None else gamma
+    _shapes(p.shape, g=g, v=v)
+    _shapes(p.shape[1:2], lr=lr, l2=l2, gamma=gamma_used, decay=decay)
+    _dtypes(p.dtype, g=g, v=v, lr=lr, l2=l2, gamma=gamma_used, decay=decay)
+    nb = _compiled(p.dtype, p, g, v)
+    if nb is None:
+        return update_ref(p, g, v, lr, l2, gamma, decay, nesterov)
+    r, t, k = p.shape
+    p2, g2 = p.reshape(r * t, k), g.reshape(r * t, k)
+    if v is None:
+        nb.update_sgd(p2, g2, _vec(lr), _vec(l2), _vec(decay))
+    else:
+        nb.update_momentum(p2, g2, v.reshape(r * t, k), _vec(lr), _vec(l2), _vec(gamma),
+                           _vec(decay), bool(nesterov))  # fmt: skip
+
+
+# --- 2. ReLU + bias + inverted dropout, forward --------------------------------------------
+
+
+def relu_dropout_forward_ref(s, b, u, p, scale):
+    """The reference of `relu_dropout_forward` (in place on s, returns s)."""
+    xp = array_module(s)
+    xp.add(s, b, out=s)
+    xp.maximum(s, 0, out=s)  # propagates NaN
+    if u is not None:
+        keep = xp.asarray(u)[:, None, :] >= xp.asarray(p)[None, :, None]
+        s *= (keep * xp.asarray(scale)[None, :, None]).astype(s.dtype)  # scale or 0
+    return s
+
+
+def _check_forward(s, b, u, p, scale) -> None:
+    _require(s.ndim == 3, f"s must be (N, T, H), got shape {tuple(s.shape)}")
+    n, t, h = s.shape
+    _shapes((t, h), b=b)
+    _dtypes(s.dtype, b=b)
+    if u is not None:
+        _require(p is not None and scale is not None, "dropout draws u need p and scale")
+        _shapes((n, h), u=u)
+        _shapes((t,), p=p, scale=scale)
+        _dtypes(np.float32, u=u, p=p)
+        _dtypes(s.dtype, scale=scale)
+
+
+def relu_dropout_forward(s, b, u, p, scale):
+    """h = max(s + b[t], 0), times scale[t] where u[n, k] >= p[t] and times 0 elsewhere,
+    written over s (N, T, H) C-contiguous and returned. b (T, H) in s's dtype; u (N, H)
+    float32 uniform draws, or None for no dropout (p and scale are then ignored); p (T,)
+    float32 drop probabilities (compared in float32); scale (T,) = 1/(1-p) in s's dtype.
+    NaN propagates as in NumPy's maximum (a dropped NaN stays NaN: NaN * 0)."""
+    _check_forward(s, b, u, p, scale)
+    nb = _compiled(s.dtype, s, b, u)
+    if nb is None:
+        return relu_dropout_forward_ref(s, b, u, p, scale)
+    n, t, h = s.shape
+    zero = s.dtype.type(0)
+    if u is None:
+        nb.relu_bias(s.reshape(n * t, h), b, zero)
+    else:
+        nb.relu_bias_dropout(s.reshape(n * t, h), b, u, _vec(p), _vec(scale), zero)
+    return s
+
+
+# --- 3. ReLU + dropout, backward ----------------------------------------------------------
+
+
+def relu_dropout_backward_ref(dhd, hd, scale, out):
+    """The reference of `relu_dropout_backward`."""
+    xp = array_module(hd)
+    d = dhd.transpose(1, 0, 2)
+    if scale is not None:
+        d = d * xp.asarray(scale)[None, :, None]
+    out[...] = xp.where(hd > 0, d, 0)
+    return out
+
+
+def relu_dropout_backward(dhd, hd, scale, out):
+    """out[n, t, k] = dhd[t, n, k] * scale[t] where hd[n, t, k] > 0, else 0; returns out.
+
+    dhd (T, N, H): the gradient w.r.t. the dropped-out hidden layer, as the batched second
+    layer gives it; hd (N, T, H): relu_dropout_forward's output; scale (T,) in hd's dtype, or
+    None (no dropout: no multiply); out (N, T, H), written, may be hd itself (each element of
+    hd is read before it is overwritten). All C-contiguous for the compiled path."""
+    _require(hd.ndim == 3, f"hd must be (N, T, H), got shape {tuple(hd.shape)}")
+    n, t, h = hd.shape
+    _shapes((t, n, h), dhd=dhd)
+    _shapes(hd.shape, out=out)
+    _shapes((t,), scale=scale)
+    _dtypes(hd.dtype, dhd=dhd, out=out, scale=scale)
+    nb = _compiled(hd.dtype, dhd, hd, out)
+    if nb is None:
+        return relu_dropout_backward_ref(dhd, hd, scale, out)
+    zero = hd.dtype.type(0)
+    if scale is None:
+        nb.relu_backward(dhd, hd, out, zero)
+    else:
+        nb.relu_backward_scaled(dhd, hd, _vec(scale), out, zero)
+    return out
+
+
+# --- 4. softmax cross-entropy with label smoothing -----------------------------------------
+
+
+def _mean_rows(row_loss):
+    """(T, N) float64 -> (T,): the same NumPy reduction on both paths."""
+    return row_loss.sum(axis=1) / row_loss.shape[1]
+
+
+def softmax_xent_ref(scores, y, smoothing):
+    """The reference of `softmax_xent`, row by row in float64 like the kernel."""
+    xp = array_module(scores)
+    t, n, c = scores.shape
+    y = xp.asarray(y)
+    s = scores.astype(xp.float64)
+    z = s - s.max(axis=2, keepdims=True)
+    logp = z - xp.log(xp.exp(z).sum(axis=2, keepdims=True))
+    e = xp.asarray(smoothing).astype(xp.float64)[:, None]  # (T, 1)
+    rows = xp.arange(n)
+    row_loss = -((1 - e) * logp[:, rows, y] + e / c * logp.sum(axis=2))
+    ds = xp.exp(logp) - (e / c)[:, :, None]
+    ds[:, rows, y] -= 1 - e
+    scores[...] = ds / n  # the only rounding to the scores' dtype
+    return _mean_rows(row_loss), scores
+
+
+def softmax_xent(scores, y, smoothing):
+    """Per-trial mean (label-smoothed) cross-entropy and its gradient.
+
+    scores (T, N, C) C-contiguous, float32 or float64, overwritten with dscores, the gradient
+    of each trial's mean loss; y (N,) integer labels in [0, C); smoothing (T,) e_t in scores'
+    dtype (0: none; the target is 1 - e_t on the label plus e_t / C on every class). Each row
+    is computed in float64 and only dscores are rounded to the dtype. Returns (losses (T,)
+    float64, of the inputs' array module, bitwise independent of the thread count; scores)."""
+    _require(scores.ndim == 3, f"scores must be (T, N, C), got shape {tuple(scores.shape)}")
+    t, n, c = scores.shape
+    _shapes((n,), y=y)
+    _shapes((t,), smoothing=smoothing)
+    _dtypes(scores.dtype, smoothing=smoothing)
+    nb = _compiled(scores.dtype, scores)
+    if nb is None:
+        return softmax_xent_ref(scores, y, smoothing)
+    y64 = np.ascontiguousarray(y, dtype=np.int64)
+    _in_range("y", y64, 0, c - 1)
+    row_loss = np.empty((t, n))
+    nb.softmax_xent(scores, y64, _vec(smoothing), row_loss)
+    return _mean_rows(row_loss), scores
+
+
+# --- 5. gather + translate + flip ----------------------------------------------------------
+
+
+def gather_augment_ref(x, idx, flips, dy, dx, k: int, reflect: bool, out):
+    """The reference of `gather_augment`: pad the gathered batch, then one fancy-index gather."""
+    xp = array_module(x)
+    idx, flips, dy, dx = (np.asarray(a) for a in (idx, flips, dy, dx))
+    n = idx.shape[0]
+    img = x[xp.asarray(idx)].reshape(n, 3, 32, 32)
+    padded = xp.pad(img, ((0, 0), (0, 0), (k, k), (k, k)),
+                    mode="reflect" if reflect else "constant")  # fmt: skip
+    j = np.arange(32)
+    rows = xp.asarray((k + dy)[:, None] + j)  # (N, 32): padded source row of each output row
+    cols = xp.asarray((k + dx)[:, None] + np.where(flips[:, None], 31 - j, j))
+    gathered = padded[xp.arange(n)[:, None, None, None], xp.arange(3)[None, :, None, None],
+                      rows[:, None, :, None], cols[:, None, None, :]]  # fmt: skip
+    out[...] = gathered.reshape(n, PIXELS)
+    return out
+
+
+def _check_gather(x, idx, flips, dy, dx, k, out) -> None:
+    _require(x.ndim == 2 and x.shape[1] == PIXELS, f"x must be (M, {PIXELS})")
+    n = len(idx)
+    _shapes((n,), idx=idx, flips=flips, dy=dy, dx=dx)
+    _shapes((n, PIXELS), out=out)
+    _dtypes(x.dtype, out=out)
+    _require(0 <= k <= MAX_SHIFT, f"translation k must be in [0, {MAX_SHIFT}], got {k}")
+
+
+def gather_augment(x, idx, flips, dy, dx, k: int, reflect: bool, out):
+    """out[i] = image x[idx[i]] shifted by (dy[i], dx[i]) pixels, then mirrored left-right
+    where flips[i]; returns out.
+
+    x (M, 3072) C-contiguous rows, the R, G, B 32x32 planes; idx (N,) int row indices in
+    [0, M); flips (N,) bool; dy, dx (N,) int in [-k, k]; k translation range, 0 <= k <= 31;
+    reflect: fill the uncovered border by reflection (np.pad mode="reflect": no edge repeat),
+    else with zeros; out (N, 3072) in x's dtype, written, not overlapping x. Bitwise equal to
+    padding the batch by k and gathering (the reference), without building the padded copy.
+    """
+    _check_gather(x, idx, flips, dy, dx, k, out)
+    nb = _compiled(None, out, x)  # the size of the work is out's
+    if nb is None:
+        return gather_augment_ref(x, idx, flips, dy, dx, k, reflect, out)
+    _require(not np.may_share_memory(x, out), "out must not overlap x")
+    idx64, dy64, dx64 = (np.ascontiguousarray(a, dtype=np.int64) for a in (idx, dy, dx))
+    _in_range("idx", idx64, 0, x.shape[0] - 1)
+    _in_range("dy", dy64, -k, k)
+    _in_range("dx", dx64, -k, k)
+    nb.gather_augment(x, idx64, np.ascontiguousarray(flips, dtype=np.bool_), dy64, dx64,
+                      bool(reflect), out, out.dtype.type(0))  # fmt: skip
+    return out
+
+
+# --- warm-up ------------------------------------------------------------------------------
+
+
+def warm_up(dtype) -> None:
+    """Call every kernel once on tiny arrays of dtype: compiles it, or loads it from the
+    cache, before the first timed step (no-op without numba)."""
+    if _load() is None:
+        return
+    dt = np.dtype(dtype)
+    t, n, h, c = 2, 3, 4, 10
+    vec = np.full(t, 0.5, dt)
+    p, g, v = np.ones((1, t, h), dt), np.ones((1, t, h), dt), np.zeros((1, t, h), dt)
+    update(p, g, None, vec, vec, vec, vec, False)
+    update(p, g, v, vec, vec, vec, vec, True)
+    s, b = np.ones((n, t, h), dt), np.zeros((t, h), dt)
+    relu_dropout_forward(s, b, None, None, None)
+    u, p32 = np.full((n, h), 0.5, np.float32), np.full(t, 0.25, np.float32)
+    hd = relu_dropout_forward(s, b, u, p32, vec)
+    relu_dropout_backward(np.ones((t, n, h), dt), hd, None, np.empty_like(hd))
+    relu_dropout_backward(np.ones((t, n, h), dt), hd, vec, hd)
+    softmax_xent(np.zeros((t, n, c), dt), np.zeros(n, np.int64), vec)
+    x = np.zeros((2, PIXELS), dt)
+    flips, shift = np.zeros(n, bool), np.zeros(n, np.int64)
+    for reflect in (False, True):  # one compiled version serves both: a runtime flag
+        gather_augment(x, shift, flips, shift, shift, 1, reflect, np.empty((n, PIXELS), dt))

@@ -1,0 +1,93 @@
+"""Weights files: a trained network, the standardisation of its training split, its class
+names, the splits' fingerprints and its resolved config, in one .npz file.
+
+A file holds one network in the single-network layout W1 (D, H), b1 (H,), W2 (H, C), b2 (C,)
+(what users load with numpy); in memory it is a stack of T = 1 (network.py).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import runs
+from .errors import RunError
+from .network import PARAM_KEYS
+
+
+@dataclass
+class Weights:
+    params: dict
+    mean: np.ndarray
+    std: np.ndarray
+    classes: list[str]
+    config_text: str
+    path: Path
+    fingerprints: dict[str, str] | None = None  # split -> data.fingerprint (None: older file)
+
+
+def save_weights(path: Path, params: dict, prep, config_text: str):
+    """One network (a stack of T = 1), the training split's statistics, class names, the
+    splits' fingerprints and the resolved config, in one file."""
+    runs.save_npz(path, **single(params), mean=prep.mean, std=prep.std,
+                  classes=np.array(prep.classes), config=np.array(config_text),
+                  fingerprints=np.array(json.dumps(prep.fingerprints)))  # fmt: skip
+
+
+def weights_path(target: Path) -> Path:
+    path = target / "weights.npz" if target.is_dir() else target
+    if not path.is_file():
+        raise RunError(f"{path}: no weights file (give a run directory or a weights.npz)")
+    return path
+
+
+def load_weights(target: Path) -> Weights:
+    path = weights_path(Path(target))
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            params = {k: f[k] for k in PARAM_KEYS}
+            check_layout(params, path)
+            prints = json.loads(str(f["fingerprints"])) if "fingerprints" in f else None
+            w = Weights(params, f["mean"], f["std"], [str(c) for c in f["classes"]],
+                        str(f["config"]), path, prints)  # fmt: skip
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise RunError(f"{path}: not a cifar2l weights file ({e})") from None
+    check_shapes(w)
+    w.params = stacked(w.params)
+    return w
+
+
+def check_shapes(w: Weights) -> None:
+    p = w.params
+    d, h = p["W1"].shape if p["W1"].ndim == 2 else (None, None)
+    expected = {"b1": (h,), "W2": (h, len(w.classes)), "b2": (len(w.classes),)}
+    bad = [k for k, s in expected.items() if p[k].shape != s]
+    if d is None or bad or w.mean.shape != (d,) or w.std.shape != (d,):
+        shapes = ", ".join(f"{k} {p[k].shape}" for k in PARAM_KEYS)
+        raise RunError(f"{w.path}: inconsistent weight shapes ({shapes})")
+
+
+
+
+def single(params: dict) -> dict:
+    """A stack of T = 1 in the file layout (views)."""
+    if params["W2"].ndim == 2:
+        return params
+    if params["W2"].shape[0] != 1:
+        raise ValueError("a weights file holds one network: select one trial of the stack")
+    return {"W1": params["W1"][:, 0], **{k: params[k][0] for k in ("b1", "W2", "b2")}}
+
+
+def stacked(params: dict) -> dict:
+    """File layout -> a stack of T = 1 (views)."""
+    return {"W1": params["W1"][:, None, :], **{k: params[k][None] for k in ("b1", "W2", "b2")}}
+
+
+def check_layout(params: dict, path: Path) -> None:
+    if any(params[k].ndim != n for k, n in zip(PARAM_KEYS, (2, 1, 2, 1), strict=True)):
+        shapes = ", ".join(f"{k} {params[k].shape}" for k in PARAM_KEYS)
+        raise RunError(f"{path}: inconsistent weight shapes ({shapes})")

@@ -1,0 +1,465 @@
+"""kernels.py: each compiled kernel against its NumPy reference, thread-count determinism,
+NaN behaviour, argument checks and numba's on-disk cache (in tree and user-wide)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifar2l import kernels
+
+numba = pytest.importorskip("numba")
+
+ROOT = Path(__file__).resolve().parent.parent
+DTYPES = (np.float32, np.float64)
+
+
+def close(a, b) -> None:
+    np.testing.assert_array_max_ulp(a, b, maxulp=2)
+
+
+def same(a, b) -> None:
+    """Bitwise equal (NaN where NaN): the kernels that do only IEEE +, -, *, comparisons in
+    the reference's order round exactly like it (no fastmath, so no fused multiply-add)."""
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b, strict=True)
+
+
+def vec(rng, t, lo, hi, dtype):
+    return rng.uniform(lo, hi, t).astype(dtype)
+
+
+@pytest.fixture
+def threads():
+    """set(n) for the test; numba's count and kernels' request are restored after."""
+    saved = (numba.get_num_threads(), kernels._threads)
+    yield kernels.set_threads
+    numba.set_num_threads(saved[0])
+    kernels._threads = saved[1]
+    kernels._applied.threads = saved[1]
+
+
+def both_counts(threads, fn):
+    """fn() at 1 thread and at numba's maximum, each result a tuple of arrays."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one CPU: no second thread count to compare")
+    floor, kernels.PARALLEL_MIN = kernels.PARALLEL_MIN, 0  # every size takes the pool
+    try:
+        threads(1)
+        one = fn()
+        threads(numba.config.NUMBA_NUM_THREADS)
+        many = fn()
+    finally:
+        kernels.PARALLEL_MIN = floor
+    for a, b in zip(one, many, strict=True):
+        assert np.array_equal(a, b, equal_nan=True)
+
+
+# --- 1. update ------------------------------------------------------------------------------
+
+UPDATE_SHAPES = [(1, 1, 3), (2, 3, 3), (1, 3, 5000), (64, 3, 4096)]  # tiny ... W2-like, wide
+
+
+def update_case(dtype, shape, momentum, seed=0):
+    rng = np.random.default_rng(seed)
+    p, g, v = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    t = shape[1]
+    vecs = (vec(rng, t, 0.01, 0.5, dtype), vec(rng, t, 0, 0.1, dtype),
+            vec(rng, t, 0.5, 0.99, dtype), vec(rng, t, 0, 0.01, dtype))  # fmt: skip
+    return p, g, (v if momentum else None), vecs
+
+
+def run_update(fn, case, nesterov):
+    p, g, v = (None if a is None else a.copy() for a in case[:3])
+    vecs = case[3]
+    g0 = g.copy()
+    fn(p, g, v, *vecs, nesterov)
+    assert np.array_equal(g, g0), "g must not be modified"
+    return p, (p if v is None else v)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", UPDATE_SHAPES)
+@pytest.mark.parametrize("mode", ["sgd", "momentum", "nesterov"])
+def test_update_matches_reference(dtype, shape, mode):
+    case = update_case(dtype, shape, mode != "sgd")
+    nesterov = mode == "nesterov"
+    got = run_update(kernels.update, case, nesterov)
+    want = run_update(kernels.update_ref, case, nesterov)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == dtype
+        same(a, b)
+
+
+@pytest.mark.parametrize("mode", ["sgd", "nesterov"])
+def test_update_same_at_any_thread_count(threads, mode):
+    case = update_case(np.float32, (64, 3, 5000), mode != "sgd", seed=2)
+    both_counts(threads, lambda: run_update(kernels.update, case, mode == "nesterov"))
+
+
+def test_update_checks_dtypes_and_shapes():
+    p, g, v, (lr, l2, gamma, decay) = update_case(np.float32, (2, 3, 4), True)
+    with pytest.raises(TypeError, match="lr"):
+        kernels.update(p, g, v, lr.astype(np.float64), l2, gamma, decay, False)
+    with pytest.raises(ValueError, match="g has shape"):
+        kernels.update(p, g[:1], v, lr, l2, gamma, decay, False)
+
+
+def test_update_non_contiguous_takes_reference():
+    p, g, _, vecs = update_case(np.float64, (4, 3, 6), False)
+    want = p.copy()
+    kernels.update_ref(want, g, None, *vecs, False)
+    p_view = np.asfortranarray(p)  # same values, another layout
+    kernels.update(p_view, np.asfortranarray(g), None, *vecs, False)
+    same(p_view, want)
+
+
+# --- 2. relu + dropout forward ---------------------------------------------------------------
+
+HIDDEN_SHAPES = [(2, 1, 3), (2, 3, 3), (64, 3, 1000)]  # (N, T, H)
+
+
+def forward_case(dtype, shape, dropout, seed=0):
+    rng = np.random.default_rng(seed)
+    n, t, h = shape
+    s = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal((t, h)).astype(dtype)
+    if not dropout:
+        return s, b, None, None, None
+    u = rng.random((n, h), dtype=np.float32)
+    p = np.array([0.5, 0.0, 0.2][:t], np.float32)
+    scale = (np.ones(t, dtype) / (1 - p).astype(dtype)).astype(dtype)
+    return s, b, u, p, scale
+
+
+def run_forward(fn, case):
+    s, *rest = case
+    s = s.copy()
+    out = fn(s, *rest)
+    assert out is s
+    return (s,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", HIDDEN_SHAPES)
+@pytest.mark.parametrize("dropout", [False, True])
+def test_relu_forward_matches_reference(dtype, shape, dropout):
+    case = forward_case(dtype, shape, dropout)
+    same(run_forward(kernels.relu_dropout_forward, case)[0],
+         run_forward(kernels.relu_dropout_forward_ref, case)[0])  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dropout", [False, True])
+def test_relu_forward_nan_inf_like_reference(dtype, dropout):
+    s, b, u, p, scale = forward_case(dtype, (4, 3, 6), dropout, seed=3)
+    s.reshape(-1)[:8] = [np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, np.nan, -1.0]
+    b[...] = 0  # s + b keeps the specials
+    got = run_forward(kernels.relu_dropout_forward, (s, b, u, p, scale))[0]
+    want = run_forward(kernels.relu_dropout_forward_ref, (s, b, u, p, scale))[0]
+    same(got, want)  # NaN where NaN, equal elsewhere
+    assert np.isnan(got.reshape(-1)[[0, 1, 6]]).all()
+
+
+def test_relu_forward_same_at_any_thread_count(threads):
+    case = forward_case(np.float32, (64, 3, 1000), True, seed=4)
+    both_counts(threads, lambda: run_forward(kernels.relu_dropout_forward, case))
+
+
+# --- 3. relu + dropout backward --------------------------------------------------------------
+
+
+def backward_case(dtype, shape, dropout, seed=0):
+    s, b, u, p, scale = forward_case(dtype, shape, dropout, seed)
+    hd = kernels.relu_dropout_forward_ref(s, b, u, p, scale)
+    n, t, h = shape
+    dhd = np.random.default_rng(seed + 1).standard_normal((t, n, h)).astype(dtype)
+    return dhd, hd, scale
+
+
+def run_backward(fn, case, in_place=False):
+    dhd, hd, scale = case
+    hd = hd.copy()
+    out = hd if in_place else np.full_like(hd, np.nan)
+    assert fn(dhd, hd, scale, out) is out
+    return (out,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", HIDDEN_SHAPES)
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_relu_backward_matches_reference(dtype, shape, dropout, in_place):
+    case = backward_case(dtype, shape, dropout)
+    same(run_backward(kernels.relu_dropout_backward, case, in_place)[0],
+         run_backward(kernels.relu_dropout_backward_ref, case, in_place)[0])  # fmt: skip
+
+
+def test_relu_backward_same_at_any_thread_count(threads):
+    case = backward_case(np.float32, (64, 3, 1000), True, seed=5)
+    both_counts(threads, lambda: run_backward(kernels.relu_dropout_backward, case))
+
+
+# --- 4. softmax cross-entropy ----------------------------------------------------------------
+
+SCORE_SHAPES = [(1, 2, 3), (3, 2, 10), (3, 256, 10), (1, 64, 1000)]  # (T, N, C)
+
+
+def xent_case(dtype, shape, smoothing, seed=0):
+    rng = np.random.default_rng(seed)
+    t, n, c = shape
+    scores = (3 * rng.standard_normal(shape)).astype(dtype)
+    y = rng.integers(0, c, n)
+    e = np.array([0.1, 0.0, 0.3][:t] if smoothing else [0.0] * t, dtype)
+    return scores, y, e
+
+
+def run_xent(fn, case):
+    scores, y, e = case
+    scores = scores.copy()
+    losses, ds = fn(scores, y, e)
+    assert ds is scores and losses.dtype == np.float64
+    return losses, ds
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SCORE_SHAPES)
+@pytest.mark.parametrize("smoothing", [False, True])
+def test_softmax_xent_matches_reference(dtype, shape, smoothing):
+    case = xent_case(dtype, shape, smoothing)
+    losses, ds = run_xent(kernels.softmax_xent, case)
+    ref_losses, ref_ds = run_xent(kernels.softmax_xent_ref, case)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-12, atol=0)
+    if dtype == np.float32:
+        close(ds, ref_ds)  # float64 rows rounded once to float32: the float64 noise vanishes
+    else:
+        # In float64 itself the two exp/log implementations (glibc's in the kernel, NumPy's
+        # SIMD ones) and the order of the row sums differ in the last bits: logp is off by
+        # ~eps * |z|, and exp(logp) - 1 (label) or exp(logp) - e/C cancel, so a small dscore
+        # can be off by many of its own ulps. What holds is an absolute bound on the scale
+        # of the gradient entries (|ds| <= 1/N): seen up to 22 eps / N for |z| ~ 100.
+        n = shape[1]
+        np.testing.assert_allclose(ds, ref_ds, rtol=0, atol=32 * np.finfo(dtype).eps / n)
+
+
+def test_softmax_xent_is_cross_entropy():
+    """Without smoothing: the mean of -log softmax[y], and dscores = (softmax - onehot) / N."""
+    scores, y, e = xent_case(np.float64, (2, 5, 4), False, seed=6)
+    z = np.exp(scores - scores.max(axis=2, keepdims=True))
+    prob = z / z.sum(axis=2, keepdims=True)
+    losses, ds = run_xent(kernels.softmax_xent, (scores, y, e))
+    np.testing.assert_allclose(losses, -np.log(prob[:, np.arange(5), y]).mean(axis=1))
+    prob[:, np.arange(5), y] -= 1
+    np.testing.assert_allclose(ds, prob / 5, atol=1e-15)
+
+
+def test_softmax_xent_same_at_any_thread_count(threads):
+    case = xent_case(np.float32, (3, 4096, 10), True, seed=7)
+    both_counts(threads, lambda: run_xent(kernels.softmax_xent, case))
+
+
+def test_softmax_xent_checks_labels():
+    scores, y, e = xent_case(np.float32, (1, 3, 4), False)
+    with pytest.raises(ValueError, match="y has values"):
+        kernels.softmax_xent(scores, np.array([0, 4, 1]), e)
+    losses, _ = kernels.softmax_xent(scores.copy(), y.astype(np.uint8), e)  # any int dtype
+    assert np.isfinite(losses).all()
+
+
+# --- 5. gather + augment ---------------------------------------------------------------------
+
+
+def gather_case(dtype, n, k, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((40, 3072)).astype(dtype)
+    idx = rng.integers(0, 40, n)
+    flips = rng.random(n) < 0.5
+    dy, dx = rng.integers(-k, k + 1, size=(2, n))
+    return x, idx, flips, dy, dx
+
+
+def run_gather(fn, case, k, reflect):
+    x = case[0]
+    out = np.full((len(case[1]), 3072), np.nan, x.dtype)
+    assert fn(*case, k, reflect, out) is out
+    return (out,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [2, 128])
+@pytest.mark.parametrize("k", [0, 3, 31])
+@pytest.mark.parametrize("reflect", [True, False])
+def test_gather_augment_equals_reference(dtype, n, k, reflect):
+    case = gather_case(dtype, n, k)
+    got = run_gather(kernels.gather_augment, case, k, reflect)[0]
+    want = run_gather(kernels.gather_augment_ref, case, k, reflect)[0]
+    assert np.array_equal(got, want)
+
+
+def test_gather_augment_extreme_shifts():
+    """Every image shifted by +-k in both axes, flipped and not: all border cases."""
+    x, _, _, _, _ = gather_case(np.float32, 1, 3)
+    grid = np.array([(f, a, b) for f in (0, 1) for a in (-3, 0, 3) for b in (-3, 0, 3)])
+    case = (x, np.arange(len(grid)) % 40, grid[:, 0].astype(bool), grid[:, 1], grid[:, 2])
+    for reflect in (True, False):
+        got = run_gather(kernels.gather_augment, case, 3, reflect)[0]
+        assert np.array_equal(got, run_gather(kernels.gather_augment_ref, case, 3, reflect)[0])
+
+
+def test_gather_augment_same_at_any_thread_count(threads):
+    case = gather_case(np.float32, 128, 3, seed=8)
+    both_counts(threads, lambda: run_gather(kernels.gather_augment, case, 3, True))
+
+
+def test_gather_augment_checks_arguments():
+    x, idx, flips, dy, dx = gather_case(np.float32, 4, 2)
+    out = np.empty((4, 3072), np.float32)
+    with pytest.raises(ValueError, match="dy has values"):
+        kernels.gather_augment(x, idx, flips, dy * 0 + 3, dx, 2, True, out)
+    with pytest.raises(ValueError, match="idx has values"):
+        kernels.gather_augment(x, idx + 40, flips, dy, dx, 2, True, out)
+    with pytest.raises(ValueError, match="translation k"):
+        kernels.gather_augment(x, idx, flips, dy, dx, 32, True, out)
+    with pytest.raises(ValueError, match="overlap"):
+        kernels.gather_augment(x, idx, flips, dy, dx, 2, True, x[:4])
+
+
+# --- threads, import, warm-up, on-disk cache -------------------------------------------------
+
+
+def big_update():
+    case = update_case(np.float32, (1, 1, kernels.PARALLEL_MIN), False)
+    run_update(kernels.update, case, False)
+
+
+def test_set_threads_caps_and_rejects(threads):
+    threads(10_000)
+    big_update()
+    assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    with pytest.raises(ValueError):
+        threads(0)
+
+
+def test_small_passes_run_on_one_thread(threads):
+    """Waking the pool costs more than a small pass: below PARALLEL_MIN elements, one thread."""
+    threads(2)
+    kernels.warm_up("float32")
+    assert numba.get_num_threads() == 1
+    big_update()
+    assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+
+
+def test_thread_count_applies_in_other_python_threads(threads):
+    """numba's count is per Python thread; kernels re-apply the requested one in each."""
+    threads(1)
+    seen = []
+
+    def work():
+        case = update_case(np.float32, (2, 3, 4), False)
+        run_update(kernels.update, case, False)
+        seen.append(numba.get_num_threads())
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    assert seen == [1]
+
+
+STATS = """
+import json, sys
+import cifar2l.kernels as k
+assert "numba" not in sys.modules, "importing kernels must not import numba"
+k.warm_up("float32")
+from cifar2l import _kernels_nb as nb
+print(json.dumps({"file": nb.__file__, "stats": {f.__name__: [sum(f.stats.cache_hits.values()),
+      sum(f.stats.cache_misses.values())] for f in nb.ALL}}))
+"""
+
+
+def stats_run(env: dict, cwd: Path) -> dict:
+    """A fresh interpreter warms the float32 kernels and reports their cache hits/misses."""
+    env = {k: v for k, v in env.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    done = subprocess.run([sys.executable, "-c", STATS], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def assert_all_from_cache(report: dict) -> None:
+    for name, (hits, misses) in report["stats"].items():
+        assert hits > 0 and misses == 0, (name, hits, misses)
+
+
+def test_fresh_process_loads_kernels_from_cache():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    stats_run(env, ROOT)  # compiles whatever is not cached yet
+    report = stats_run(env, ROOT)
+    assert Path(report["file"]).parent == ROOT / "cifar2l"
+    assert_all_from_cache(report)
+
+
+def read_only_copy(dest: Path) -> Path:
+    """cifar2l/ copied under dest and made read-only. Root ignores mode bits, so there a file
+    named __pycache__ also keeps numba from creating its in-tree cache folder."""
+    pkg = dest / "cifar2l"
+    shutil.copytree(ROOT / "cifar2l", pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    if os.geteuid() == 0:
+        (pkg / "__pycache__").write_text("")
+    for path in [pkg, *pkg.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    return pkg
+
+
+def test_read_only_install_caches_in_user_dir(tmp_path):
+    """As in a non-editable install: the package folder is not writable, so numba caches in
+    ~/.cache/numba, and a second process loads every kernel from there."""
+    pkg = read_only_copy(tmp_path / "site")
+    home = tmp_path / "home"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), HOME=str(home))
+    try:
+        first = stats_run(env, tmp_path)
+        second = stats_run(env, tmp_path)
+    finally:
+        for path in [pkg, *pkg.rglob("*")]:  # let pytest remove tmp_path
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    assert Path(first["file"]).parent == pkg
+    assert all(misses > 0 for _, misses in first["stats"].values())  # compiled: a new path
+    assert list((home / ".cache" / "numba").glob("cifar2l_*/_kernels_nb.*.nbi"))
+    assert not (pkg / "__pycache__").is_dir()
+    assert_all_from_cache(second)
+
+
+ONE_KERNEL = """
+import numpy as np
+import cifar2l.kernels as k
+from cifar2l import _kernels_nb as nb
+p, g = np.ones((1, 1, 3), np.float32), np.ones((1, 1, 3), np.float32)
+v = np.full(1, 0.5, np.float32)
+k.update(p, g, None, v, v, v, v, False)
+assert (p == -0.25).all() and nb.update_sgd.stats.cache_path is None, nb.update_sgd.stats
+"""
+
+
+def test_no_writable_cache_still_runs(tmp_path):
+    """Neither the package folder nor HOME writable: numba would refuse cache=True on import;
+    the kernels compile without a cache instead."""
+    pkg = read_only_copy(tmp_path / "site")
+    (tmp_path / "home").write_text("")  # a file: ~/.cache/numba cannot be created
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(PYTHONPATH=str(tmp_path / "site"), HOME=str(tmp_path / "home"))
+    try:
+        done = subprocess.run([sys.executable, "-c", ONE_KERNEL], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        for path in [pkg, *pkg.rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    assert done.returncode == 0, done.stderr
