@@ -43,6 +43,26 @@ ThreadsOpt = Annotated[int | None, typer.Option("--threads", metavar="N", help=(
     "BLAS and element-wise threads (default: CIFAR2L_THREADS, else the CPUs this process may "
     "use: affinity, cgroup quota, SLURM_CPUS_PER_TASK)."), show_default=False)]
 
+# The `search` command's own arguments and options.
+SearchConfigArg = Annotated[str | None, typer.Argument(
+    help="Experiment YAML with a search: section, or the word `collect`.",
+    show_default=False)]
+SearchRunDirArg = Annotated[Path | None, typer.Argument(
+    help="After `collect`: the search directory to merge.", show_default=False)]
+JobsOpt = Annotated[int, typer.Option("--jobs", "-j", help="Worker processes on this machine.")]
+ShardOpt = Annotated[str | None, typer.Option("--shard", metavar="I/N", help=(
+    "Run only trials with index % N == I (default: SLURM_ARRAY_TASK_ID/COUNT when set)."))]
+SearchDirOpt = Annotated[Path | None, typer.Option("--dir", help=(
+    "Search directory shared by all shards (created once); default: a fresh run dir."))]
+SearchResumeOpt = Annotated[Path | None, typer.Option("--resume", metavar="RUN_DIR", help=(
+    "Continue the search stored in RUN_DIR; finished trials are skipped."))]
+RefineOpt = Annotated[Path | None, typer.Option("--refine", metavar="RUN_DIR", help=(
+    "Narrow (log-)uniform ranges to the best trials of that search (search.refine_top)."))]
+RepeatBestOpt = Annotated[int, typer.Option("--repeat-best", metavar="K", min=1, help=(
+    "After the search, retrain the best trial over K initialisation seeds (best-repeat/): "
+    "its mean and std, free of the winner's luck."))]
+NoCollectOpt = Annotated[bool, typer.Option("--no-collect", hidden=True)]  # for --jobs workers
+
 
 def _version(value: bool):
     if value:
@@ -134,23 +154,26 @@ def train(
 
         cifar2l train --resume runs/20261127-101500-train-default
     """
+    _execute(lambda: _train(config, repeat, resume, set_, out, name, seed), quiet, as_json,
+             n_threads)  # fmt: skip
+
+
+def _train(config, repeat, resume, set_, out, name, seed):
+    """The `train` command's work: a resumed run, K fused seeds or one run."""
     from .errors import ConfigError
     from .train import run_repeat, run_resume, run_train
 
-    def work():
-        if resume is not None:
-            if config is not None or set_ or seed is not None or repeat > 1:
-                raise ConfigError("--resume RUN_DIR takes no CONFIG, --set, --seed or --repeat: "
-                                  "the run's own config.yaml is used")  # fmt: skip
-            return run_resume(resume)
-        if config is None:
-            raise ConfigError("train: give a CONFIG file (or --resume RUN_DIR)")
-        cfg, text = _load(config, set_, seed)
-        if repeat > 1:
-            return run_repeat(cfg, text, str(config), out, name or config.stem, repeat)
-        return run_train(cfg, text, str(config), out, name or config.stem)
-
-    _execute(work, quiet, as_json, n_threads)
+    if resume is not None:
+        if config is not None or set_ or seed is not None or repeat > 1:
+            raise ConfigError("--resume RUN_DIR takes no CONFIG, --set, --seed or --repeat: "
+                              "the run's own config.yaml is used")  # fmt: skip
+        return run_resume(resume)
+    if config is None:
+        raise ConfigError("train: give a CONFIG file (or --resume RUN_DIR)")
+    cfg, text = _load(config, set_, seed)
+    if repeat > 1:
+        return run_repeat(cfg, text, str(config), out, name or config.stem, repeat)
+    return run_train(cfg, text, str(config), out, name or config.stem)
 
 
 @app.command()
@@ -248,27 +271,15 @@ def evaluate(
 
 @app.command()
 def search(
-    config: Annotated[str | None, typer.Argument(
-        help="Experiment YAML with a search: section, or the word `collect`.",
-        show_default=False)] = None,
-    run_dir: Annotated[Path | None, typer.Argument(
-        help="After `collect`: the search directory to merge.", show_default=False)] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j",
-                                      help="Worker processes on this machine.")] = 1,
-    shard: Annotated[str | None, typer.Option("--shard", metavar="I/N", help=(
-        "Run only trials with index % N == I (default: SLURM_ARRAY_TASK_ID/COUNT when set)."
-    ))] = None,
-    directory: Annotated[Path | None, typer.Option("--dir", help=(
-        "Search directory shared by all shards (created once); default: a fresh run dir."))] = None,
-    resume: Annotated[Path | None, typer.Option("--resume", metavar="RUN_DIR", help=(
-        "Continue the search stored in RUN_DIR; finished trials are skipped."))] = None,
-    refine: Annotated[Path | None, typer.Option("--refine", metavar="RUN_DIR", help=(
-        "Narrow (log-)uniform ranges to the best trials of that search (search.refine_top)."
-    ))] = None,
-    repeat_best: Annotated[int, typer.Option("--repeat-best", metavar="K", min=1, help=(
-        "After the search, retrain the best trial over K initialisation seeds (best-repeat/): "
-        "its mean and std, free of the winner's luck."))] = 1,
-    no_collect: Annotated[bool, typer.Option("--no-collect", hidden=True)] = False,
+    config: SearchConfigArg = None,
+    run_dir: SearchRunDirArg = None,
+    jobs: JobsOpt = 1,
+    shard: ShardOpt = None,
+    directory: SearchDirOpt = None,
+    resume: SearchResumeOpt = None,
+    refine: RefineOpt = None,
+    repeat_best: RepeatBestOpt = 1,
+    no_collect: NoCollectOpt = False,
     set_: SetOpt = None,
     out: OutOpt = Path("runs"),
     name: NameOpt = None,
@@ -291,30 +302,37 @@ def search(
 
         cifar2l search collect runs/coarse
     """
+    def work():
+        return _search(config, run_dir, jobs, shard, directory, resume, refine, repeat_best,
+                       no_collect, set_, out, name, seed)  # fmt: skip
+
+    _execute(work, quiet, as_json, n_threads)
+
+
+def _search(config, run_dir, jobs, shard, directory, resume, refine, repeat_best, no_collect,
+            set_, out, name, seed):  # fmt: skip
+    """The `search` command's work: `collect RUN_DIR`, --resume RUN_DIR or a CONFIG."""
     from . import search as search_mod
     from .errors import ConfigError
 
-    def work():
-        if config == "collect":
-            if run_dir is None:
-                raise ConfigError("search collect: give the search directory, e.g. "
-                                  "cifar2l search collect runs/coarse")  # fmt: skip
-            return search_mod.collect_and_show(run_dir)
-        if run_dir is not None:
-            raise ConfigError(f"unexpected argument {str(run_dir)!r} (only `collect` takes one)")
-        if resume is not None and config is None:
-            return search_mod.resume_search(resume, jobs=jobs, shard=shard,
-                                            collect_after=not no_collect,
-                                            repeat_best=repeat_best)  # fmt: skip
-        if config is None:
-            raise ConfigError("search: give a CONFIG, `collect RUN_DIR` or --resume RUN_DIR")
-        cfg, text = _load(Path(config), set_, seed)
-        return search_mod.run_search(
-            cfg, text, config, out, name or Path(config).stem, jobs=jobs, shard=shard,
-            directory=resume or directory, refine=refine, collect_after=not no_collect,
-            repeat_best=repeat_best)
-
-    _execute(work, quiet, as_json, n_threads)
+    if config == "collect":
+        if run_dir is None:
+            raise ConfigError("search collect: give the search directory, e.g. "
+                              "cifar2l search collect runs/coarse")  # fmt: skip
+        return search_mod.collect_and_show(run_dir)
+    if run_dir is not None:
+        raise ConfigError(f"unexpected argument {str(run_dir)!r} (only `collect` takes one)")
+    if resume is not None and config is None:
+        return search_mod.resume_search(resume, jobs=jobs, shard=shard,
+                                        collect_after=not no_collect,
+                                        repeat_best=repeat_best)  # fmt: skip
+    if config is None:
+        raise ConfigError("search: give a CONFIG, `collect RUN_DIR` or --resume RUN_DIR")
+    cfg, text = _load(Path(config), set_, seed)
+    return search_mod.run_search(
+        cfg, text, config, out, name or Path(config).stem, jobs=jobs, shard=shard,
+        directory=resume or directory, refine=refine, collect_after=not no_collect,
+        repeat_best=repeat_best)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels
-from .network import WEIGHT_KEYS, array_module
+from .network import PARAM_KEYS, WEIGHT_KEYS, array_module
 
 
 @dataclass(frozen=True)
@@ -47,24 +47,25 @@ def trial_view(key: str, a):
     return a.reshape(1, a.shape[0], -1)
 
 
-def vectors(key: str, opt: Optimizer, lr: np.ndarray, dtype) -> tuple:
-    """(lr, l2, gamma, decay) (T,) in the parameter's dtype; biases get no L2 and no decay."""
+def step_vectors(opt: Optimizer, lr, dtype) -> dict:
+    """Per parameter key, (lr, l2, gamma, decay) (T,) in the parameters' dtype: the biases
+    get no L2 and no decay. Computed once per step (the kernels want the parameter dtype)."""
     lr = np.asarray(lr, dtype=np.float64)
-    weight = key in WEIGHT_KEYS
-    l2 = 2 * opt.lam if weight else np.zeros_like(lr)
-    decay = lr * opt.weight_decay if weight else np.zeros_like(lr)
-    return tuple(np.asarray(v, dtype=dtype) for v in (lr, l2, opt.gamma, decay))
+    zero = np.zeros(len(lr), dtype=dtype)
+    rate, gamma = lr.astype(dtype), opt.gamma.astype(dtype)
+    weight = (rate, (2 * opt.lam).astype(dtype), gamma, (lr * opt.weight_decay).astype(dtype))
+    return {k: weight if k in WEIGHT_KEYS else (rate, zero, gamma, zero) for k in PARAM_KEYS}
 
 
 def update(params: dict, grads: dict, lr, velocity: dict | None, opt: Optimizer) -> None:
     """One step, in place: p (and v) of every trial with its own rate lr (T,). `grads` are
     the data gradients (the L2 term is added here) and are not modified."""
     xp = array_module(params["W1"])
+    vectors = step_vectors(opt, lr, params["W1"].dtype)
     for key, g in grads.items():
-        p = params[key]
-        vec = [xp.asarray(v) for v in vectors(key, opt, lr, p.dtype)]
+        vec = vectors[key] if xp is np else [xp.asarray(v) for v in vectors[key]]
         v = None if velocity is None else trial_view(key, velocity[key])
-        kernels.update(trial_view(key, p), trial_view(key, g), v, *vec, opt.nesterov)
+        kernels.update(trial_view(key, params[key]), trial_view(key, g), v, *vec, opt.nesterov)
 
 
 def sgd_update(params: dict, grads: dict, lr) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cifar2l import search
+from cifar2l.search import trials as search_trials
 
 from .conftest import ROOT, ok, write_official_dir
 from .test_search import results, summary_of, trial_dirs, write_config
@@ -211,7 +212,8 @@ def test_a_claimant_that_opened_a_removed_lock_file_locks_the_new_one(tmp_path, 
         early = open(lock, "a")  # B's open, just before A lets go
     assert not lock.exists()
     opened = iter([early])
-    monkeypatch.setattr(search, "open", lambda p, mode: next(opened, None) or open(p, mode),
+    monkeypatch.setattr(search_trials, "open",  # take_lock's open, where claim looks it up
+                        lambda p, mode: next(opened, None) or open(p, mode),
                         raising=False)  # fmt: skip
     with search.claim(tmp_path, 0) as b:
         assert b

@@ -1,0 +1,134 @@
+"""Random search over any config keys: trials, shards, parallel workers, resume, collect, refine.
+
+A search directory holds `search.json` (the plan: base config, every trial's values and
+initialisation seed), `trials/<NNN>/` (one ordinary train run directory per trial) and, after
+`collect`, `results.csv`, `best.yaml`, `search.png` and `summary.json`.
+
+The plan is fixed when the directory is created, so every process that works on the search
+(shards, workers, resubmitted jobs) runs the same trials with the same values. A trial is claimed
+with an exclusive file lock, which the operating system releases when its process dies: no trial
+runs twice at once, and an interrupted one continues from its checkpoint (or runs again). The
+lock file is removed when its claim is released, so a finished search leaves none.
+Trials that differ only in per-trial settings train together as one stack of networks (loop.py).
+
+Time: every trial's summary has `seconds` (the wall time charged to it) and `timing: {train,
+eval, io, total}` with total == seconds >= train + eval + io; a fused trial is charged an equal
+share of its group's pass (see `trials.run_fused`). The search's summary adds the trials up and
+splits its own wall time (see `results.collect`).
+
+The package, one job a module, each importing only those above it:
+
+    plan.py     sampling, the plan (search.json), refining a space, the trials' dirs and rows
+    trials.py   claims (file locks), running trials alone or fused, shards, --jobs workers
+    results.py  collect: results.csv, best.yaml, search.png, summary.json; --repeat-best
+    __init__    the `search` command (below), and the names other modules and tests use
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .. import config as config_mod
+from .. import console, runs
+from ..errors import ConfigError
+from ..rngs import init_seeds
+from .plan import (
+    create_search_dir,
+    load_plan,
+    make_plan,
+    refine_space,
+    sample_trials,
+    trial_dir,
+    trial_raw,
+    trial_status,
+)
+from .results import collect, collect_and_show, retrain_best
+from .trials import claim, fuse_groups, run_shard, run_workers
+
+__all__ = [
+    # the `search` command
+    "parse_shard", "run_search", "check_workers", "resume_search", "execute",
+    # re-exported for the CLI, benchmarks/bench.py and the tests
+    "init_seeds", "sample_trials", "trial_raw", "make_plan", "refine_space",
+    "create_search_dir", "load_plan", "trial_dir", "trial_status", "claim", "fuse_groups",
+    "collect", "collect_and_show",
+]  # fmt: skip
+
+
+# ---------------------------------------------------------------- the `search` command
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """--shard I/N, else SLURM's array variables, else the whole search (0/1)."""
+    if text is None:
+        count = os.environ.get("SLURM_ARRAY_TASK_COUNT")
+        if not count:
+            return (0, 1)
+        try:
+            first = int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0))
+            i, n = int(os.environ["SLURM_ARRAY_TASK_ID"]) - first, int(count)
+        except (KeyError, ValueError):
+            raise ConfigError("SLURM_ARRAY_TASK_COUNT is set but SLURM_ARRAY_TASK_ID/MIN are "
+                              "missing or not integers; pass --shard I/N") from None
+        if not 0 <= i < n:  # e.g. a stepped array (--array=0-15:4): shards would be skipped
+            task = f"SLURM_ARRAY_TASK_ID={i + first} (MIN {first}, COUNT {n})"
+            raise ConfigError(f"{task}: no shard 0..{n - 1}; use a contiguous array or --shard")
+        return (i, n)
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"--shard {text!r}: need 0 <= I < N")
+    return (i, n)
+
+
+def run_search(cfg, config_text: str, source: str, out, name: str, *, jobs: int = 1,
+               shard: str | None = None, directory: Path | None = None,
+               refine: Path | None = None, collect_after: bool = True,
+               repeat_best: int = 1) -> dict:  # fmt: skip
+    """The `search` command: plan (or reuse) a search directory, run trials, collect, and with
+    `repeat_best` K > 1 retrain the best trial over K seeds (retrain_best)."""
+    check_workers(jobs, shard)
+    if refine is not None:
+        cfg = cfg.model_copy(update={"search": cfg.search.model_copy(
+            update={"refine_from": str(refine)})})  # fmt: skip
+        config_text = config_mod.dump_yaml(cfg)
+    started = time.perf_counter()
+    plan = make_plan(cfg, source)
+    path = directory or runs.create_run_dir(Path(out), "search", name)
+    create_search_dir(path, plan, config_text)
+    return execute(path, jobs, parse_shard(shard), collect_after, started, repeat_best)
+
+
+def check_workers(jobs: int, shard: str | None) -> None:
+    part = parse_shard(shard)  # always: a bad --shard must fail before the directory exists
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: must be >= 1")
+    if jobs > 1 and part != (0, 1):
+        raise ConfigError("--jobs and --shard (or a SLURM array) do not combine; use one")
+
+
+def resume_search(path: Path, *, jobs: int = 1, shard: str | None = None,
+                  collect_after: bool = True, repeat_best: int = 1) -> dict:  # fmt: skip
+    """`search --resume RUN_DIR`: the stored plan, finished trials skipped."""
+    started = time.perf_counter()
+    load_plan(path)
+    check_workers(jobs, shard)
+    return execute(path, jobs, parse_shard(shard), collect_after, started, repeat_best)
+
+
+def execute(path: Path, jobs: int, part: tuple[int, int], collect_after: bool,
+            started: float, repeat_best: int = 1) -> dict:  # fmt: skip
+    workers = f", {jobs} worker processes" if jobs > 1 else ""
+    console.log(f"search dir: {path}  shard {part[0]}/{part[1]}{workers}")
+    work = run_workers(path, jobs) if jobs > 1 else run_shard(path, part)
+    if not collect_after or part != (0, 1):
+        return {"command": "search", "status": "completed", "run_dir": str(path),
+                "shard": f"{part[0]}/{part[1]}", "ran": work["ran"],
+                "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+    if repeat_best > 1:
+        work["best_repeat"] = retrain_best(path, repeat_best)
+    return collect_and_show(path, started, work)
