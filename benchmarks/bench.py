@@ -1,11 +1,18 @@
-"""`make bench`: where the time of a cifar2l run goes, against the machine's BLAS speed.
+"""`make bench`: where the time of a cifar2l training loop goes, against this machine's roofline.
 
-Writes benchmarks/results.md and benchmarks/results.json. Every figure comes from this run,
-on this machine, through the package's own functions and CLI. Needs CIFAR2L_DATA (or data.root).
+Writes benchmarks/results.md and benchmarks/results.json. Every figure comes from this run, on
+this machine, through the package's own engine (loop.make_stack / init_state / run) and CLI.
+Needs CIFAR2L_DATA (or data.root).
+
+The roofline of a loop: its steps' matrix products alone, at their shapes, dtype and memory
+layout, timed on this machine's BLAS (`gemm_s`), plus the step's minimal memory traffic at the
+bandwidth measured here (`traffic_s`: each parameter, gradient and velocity read and written
+once, and the batch read once). `train_s / roofline_s` is how far the loop is from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -16,70 +23,235 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar2l import data, machine, network, runs, threads
-from cifar2l.config import load_config
+from cifar2l import config as config_mod
+from cifar2l import data, kernels, loop, machine, runs, search, threads
 from cifar2l.rngs import make_rngs
-from cifar2l.schedule import total_steps
-from cifar2l.train import train
+from cifar2l.schedule import make_schedule, total_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
+HERE = Path(__file__).resolve().parent
+CLASSES = 10
+BEST_STEPS = 702  # best.yaml shortened: 2 epochs of 351 batches of 128
+COPY_MB = 256  # the bandwidth probe: a copy of a 256 MB float32 array
+BUSY = "while True: pass"  # one busy CPU: what other users' jobs do to a shared machine
+
+# The four loops: (label, config file, --set overrides, fused search trials or None).
+LOOPS = [
+    ("default", "default.yaml", (), None),
+    ("table4-140", "table4-140.yaml", (), None),
+    ("best, 2 epochs", "best.yaml", (f"schedule.steps={BEST_STEPS}", "train.snapshots=null"),
+     None),
+    ("search-coarse, 16 trials fused", "search-coarse.yaml", (), 16),
+]  # fmt: skip
+
+
+# ---------------------------------------------------------------- timing helpers
 
 
 def best_of(fn, repeat: int = 5) -> float:
     """Fastest of `repeat` calls (after one warm-up): the machine's speed, not its noise."""
     fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return min(timed(fn) for _ in range(repeat))
 
 
-def step_products(n: int, d: int, h: int, c: int, dtype) -> float:
-    """Seconds for one training step's matrix products alone (forward and backward)."""
-    rng = np.random.default_rng(0)
-    x, w1 = rng.standard_normal((n, d), dtype=dtype), rng.standard_normal((d, h), dtype=dtype)
-    hid, w2 = rng.standard_normal((n, h), dtype=dtype), rng.standard_normal((h, c), dtype=dtype)
-    ds = rng.standard_normal((n, c), dtype=dtype)
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def best_of_calls(fn, target_s: float = 0.1, repeat: int = 5) -> float:
+    """Seconds of one call of a fast `fn`: best of `repeat` batches of calls ~target_s long."""
+    fn()
+    reps = max(1, int(target_s / max(timed(fn), 1e-7)))
+    return best_of(lambda: [fn() for _ in range(reps)], repeat) / reps
+
+
+@contextlib.contextmanager
+def env_var(name: str, value: str):
+    """os.environ[name] = value inside the block, restored after."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+# ---------------------------------------------------------------- the machine's roofline
+
+
+def bandwidth(mb: int = COPY_MB) -> float:
+    """Bytes/s of memory: np.copyto of an `mb` MB float32 array reads and writes it once."""
+    src = np.ones(mb << 18, dtype=np.float32)
+    dst = np.empty_like(src)
+    return 2 * src.nbytes / best_of(lambda: np.copyto(dst, src))
+
+
+def peak_gflops(n: int = 2048, dtype: str = "float32") -> float:
+    """GFLOP/s of one large square product (the BLAS at its best on this machine)."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.dtype(dtype))
+    out = np.empty_like(a)
+    return 2 * n**3 / best_of(lambda: np.matmul(a, a, out=out)) / 1e9
+
+
+def step_flops(n: int, d: int, t: int, h: int, c: int) -> int:
+    """Multiply-adds x 2 of a step's products: X @ W1 and X^T @ dS1 (2 N D TH), the second
+    layer forward, dscores @ W2^T and h^T @ dscores (3 x 2 N TH C)."""
+    return 2 * (2 * n * d * t * h) + 3 * (2 * n * t * h * c)
+
+
+def gemm_step(n: int, d: int, t: int, h: int, c: int, dtype: str) -> float:
+    """Seconds of one step's matrix products alone, on arrays laid out as the engine's."""
+    rng, dt = np.random.default_rng(0), np.dtype(dtype)
+    x, w1 = rng.standard_normal((n, d), dtype=dt), rng.standard_normal((d, t, h), dtype=dt)
+    w2, ds = rng.standard_normal((t, h, c), dtype=dt), rng.standard_normal((t, n, c), dtype=dt)
+    dw1 = np.empty_like(w1)
 
     def products():
-        x @ w1, hid @ w2, ds @ w2.T, hid.T @ ds, x.T @ hid
+        s1 = (x @ w1.reshape(d, t * h)).reshape(n, t, h)  # network.first_layer
+        h3 = s1.transpose(1, 0, 2)  # (T, N, H): a view of (N, T, H)
+        h3 @ w2  # second layer forward
+        ds @ w2.transpose(0, 2, 1)  # dhd
+        h3.transpose(0, 2, 1) @ ds  # dW2
+        np.matmul(x.T, s1.reshape(n, t * h), out=dw1.reshape(d, t * h))  # dW1 (no dX)
 
-    return best_of(lambda: [products() for _ in range(20)]) / 20
-
-
-def eval_products(n: int, d: int, h: int, c: int, dtype, chunk: int = 10000) -> float:
-    """Seconds for the forward products of an evaluation of n rows."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((min(n, chunk), d), dtype=dtype)
-    w1, w2 = rng.standard_normal((d, h), dtype=dtype), rng.standard_normal((h, c), dtype=dtype)
-    one = best_of(lambda: (x @ w1) @ w2)
-    return one * n / min(n, chunk)
+    return best_of_calls(products)
 
 
-def training_loop(config: Path, overrides: tuple[str, ...] = ()) -> dict:
-    cfg = load_config(config, list(overrides))
-    rngs = make_rngs(cfg.seed)
-    prep = data.prepare(cfg.data, cfg.dtype, rngs["split"])
-    steps = total_steps(cfg.schedule)
-    quiet = cfg.model_copy(update={"train": cfg.train.model_copy(update={"log_every": steps})})
-    params = network.init_params(prep.train.x.shape[1], cfg.model.hidden, 10, rngs["init"],
-                                 cfg.dtype)  # fmt: skip
+def step_bytes(n: int, d: int, t: int, h: int, c: int, itemsize: int, momentum: bool) -> int:
+    """A step's minimal traffic: each parameter, gradient (and velocity) read and written
+    once, and the batch read once."""
+    params = d * t * h + t * h + t * h * c + t * c
+    arrays = 3 if momentum else 2
+    return 2 * arrays * params * itemsize + n * d * itemsize
+
+
+# ---------------------------------------------------------------- the loops
+
+
+def quiet_config(name: str, overrides: tuple = ()):
+    """The config with metrics only at step 0 and at the end (train.log_every = its steps)."""
+    path = CONFIGS / name
+    steps = total_steps(config_mod.load_config(path, list(overrides)).schedule)
+    sets = [*overrides, f"train.log_every={steps}"]
+    return config_mod.load_config(path, sets), sets
+
+
+def trial_configs(name: str, overrides: tuple, trials: int | None) -> tuple[list, list]:
+    """One config, or the first `trials` trials of a search config's plan (cifar2l search)."""
+    cfg, sets = quiet_config(name, overrides)
+    if trials is None:
+        return [cfg], sets
+    plan = search.make_plan(cfg, name)
+    return [config_mod.validate(search.trial_raw(plan["config"], t["params"], t["init_seed"]),
+                                name) for t in plan["trials"][:trials]], sets  # fmt: skip
+
+
+def prepare(cfg):
+    return data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
+
+
+def train_loop(cfgs: list, prep) -> dict:
+    """Train the stack of `cfgs` with the engine; the loop's train and eval seconds."""
+    stack = loop.make_stack(cfgs, stop_on_divergence=len(cfgs) == 1)
+    state = loop.init_state(stack, prep.train.x.shape[1], CLASSES)
     clock = runs.Clock()
-    train(params, prep.train, prep.val, quiet, rngs, clock=clock)
-    n, d = cfg.train.batch_size, prep.train.x.shape[1]
-    bound = step_products(n, d, cfg.model.hidden, 10, cfg.dtype) * steps
-    ev_bound = eval_products(len(prep.train.y), d, cfg.model.hidden, 10, cfg.dtype)
-    ev = best_of(lambda: network.evaluate(params, prep.train.x, prep.train.y, 0.01), 3)
-    return {
-        "config": " ".join([config.name, *overrides]), "steps": steps, "batch": n, "hidden": cfg.model.hidden,
-        "train_s": clock.seconds["train"], "images_per_s": steps * n / clock.seconds["train"],
-        "gemm_bound_s": bound, "ratio": clock.seconds["train"] / bound,
-        "eval_rows": len(prep.train.y), "eval_s": ev, "eval_bound_s": ev_bound,
-        "eval_ratio": ev / ev_bound,
-    }  # fmt: skip
+    loop.run(state, stack, loop.Data(prep.train, prep.val), loop.Hooks(clock=clock))
+    return {"train_s": clock.seconds["train"], "eval_s": clock.seconds.get("eval", 0.0),
+            "diverged": len(state.diverged)}  # fmt: skip
+
+
+def shapes(cfgs: list, prep) -> dict:
+    cfg = cfgs[0]
+    return {"n": cfg.train.batch_size, "d": prep.train.x.shape[1], "t": len(cfgs),
+            "h": cfg.model.hidden, "c": CLASSES, "dtype": cfg.dtype,
+            "momentum": any(c.optim.momentum > 0 for c in cfgs)}  # fmt: skip
+
+
+def roofline(sh: dict, steps: int, bw: float) -> dict:
+    """GEMM and traffic seconds of `steps` steps of shapes `sh` at bandwidth `bw`."""
+    dims = sh["n"], sh["d"], sh["t"], sh["h"], sh["c"]
+    gemm = gemm_step(*dims, sh["dtype"])
+    nbytes = step_bytes(*dims, np.dtype(sh["dtype"]).itemsize, sh["momentum"])
+    return {"gemm_s": gemm * steps, "gemm_gflops": step_flops(*dims) / gemm / 1e9,
+            "step_bytes": nbytes, "traffic_s": nbytes / bw * steps,
+            "roofline_s": (gemm + nbytes / bw) * steps}  # fmt: skip
+
+
+def loop_case(label: str, name: str, overrides: tuple, trials, bw: float, n_threads: int):
+    """One row of the roofline table (and the one-trial-at-a-time loops of a fused group)."""
+    cfgs, sets = trial_configs(name, overrides, trials)
+    prep, steps = prepare(cfgs[0]), total_steps(cfgs[0].schedule)
+    kernels.warm_up(cfgs[0].dtype)
+    sh = shapes(cfgs, prep)
+    r = {"label": label, "config": name, "sets": sets, "trials": trials, "steps": steps, **sh,
+         **train_loop(cfgs, prep)}  # fmt: skip
+    r.update(roofline(sh, steps, bw), images_per_s=steps * sh["n"] / r["train_s"])
+    r["ratio_gemm"] = r["train_s"] / r["gemm_s"]
+    r["ratio_roofline"] = r["train_s"] / r["roofline_s"]
+    if trials is None:
+        r["torch_s"] = torch_loop(cfgs[0], prep, steps, n_threads)
+    else:
+        r["alone_train_s"] = [train_loop([c], prep)["train_s"] for c in cfgs]
+    return r
+
+
+# ---------------------------------------------------------------- PyTorch (when installed)
+
+
+def batch_order(cfg, n: int, steps: int) -> np.ndarray:
+    """(steps, batch) row indices: the engine's epoch shuffles from the same stream."""
+    rng, batch = make_rngs(cfg.seed)["shuffle"], cfg.train.batch_size
+    per_epoch, rows = loop.steps_per_epoch(n, batch), []
+    for t in range(steps):
+        epoch, i = divmod(t, per_epoch)
+        if i == 0:
+            order = loop.epoch_order(n, cfg.train.shuffle, rng)
+        rows.append(order[i * batch : (i + 1) * batch])
+    return np.stack(rows)
+
+
+def torch_model(torch, cfg, d: int):
+    """The same network (Linear, ReLU, inverted dropout, Linear) and optimizer: SGD with the
+    config's momentum and Nesterov, 2 lambda as the weights' L2 gradient (biases free)."""
+    nn, dt = torch.nn, getattr(torch, cfg.dtype)
+    model = nn.Sequential(nn.Linear(d, cfg.model.hidden), nn.ReLU(), nn.Dropout(cfg.model.dropout),
+                          nn.Linear(cfg.model.hidden, CLASSES)).to(dt)  # fmt: skip
+    weights = [model[0].weight, model[3].weight]
+    groups = [{"params": weights, "weight_decay": 2 * cfg.optim.lambda_},
+              {"params": [model[0].bias, model[3].bias], "weight_decay": 0.0}]  # fmt: skip
+    opt = torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
+    return model, opt, nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+
+
+def torch_loop(cfg, prep, steps: int, n_threads: int) -> float | None:
+    """Seconds of the same training loop in PyTorch eager on the CPU (batch gather, forward,
+    backward, step; no augmentation), or None when torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(n_threads)
+    x, y = torch.from_numpy(prep.train.x), torch.from_numpy(prep.train.y)
+    idx = torch.from_numpy(batch_order(cfg, len(prep.train.y), steps))
+    eta = make_schedule(cfg.schedule)
+    model, opt, loss_fn = torch_model(torch, cfg, x.shape[1])
+    start = time.perf_counter()
+    for t in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = eta(t)
+        opt.zero_grad(set_to_none=False)
+        loss_fn(model(x.index_select(0, idx[t])), y.index_select(0, idx[t])).backward()
+        opt.step()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- whole processes
 
 
 def child_rusage(cmd: list[str], env=None) -> tuple[float, float, str]:
@@ -98,34 +270,38 @@ def cli(*args: str) -> list[str]:
 
 
 def whole_process(out: str) -> dict:
+    """`cifar2l train configs/default.yaml` twice; the second (warm data and numba caches)."""
     cmd = cli("train", str(CONFIGS / "default.yaml"), "--out", out)
-    child_rusage(cmd)  # warm the data cache and the OS page cache
+    child_rusage(cmd)
     wall, rss, stdout = child_rusage(cmd)
     t = json.loads(stdout)["timing"]
     return {"wall_s": wall, "peak_mb": rss, "train_s": t["train"], "eval_s": t["eval"],
-            "other_s": wall - t["train"] - t["eval"]}  # fmt: skip
+            "io_s": t["io"], "overhead_s": wall - t["train"] - t["eval"]}  # fmt: skip
+
+
+JIT_PROBE = ("import time; t=time.perf_counter(); from cifar2l import kernels; "
+             "kernels.warm_up('float32'); print(time.perf_counter()-t)")
+
+
+def jit_start() -> dict:
+    """kernels.warm_up in a fresh process: compiling (empty NUMBA_CACHE_DIR), then loading."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+
+        def probe() -> float:
+            return float(subprocess.run([sys.executable, "-c", JIT_PROBE], env=env, check=True,
+                                        capture_output=True, text=True).stdout)  # fmt: skip
+
+        return {"cold_s": probe(), "warm_s": probe()}
 
 
 def data_load() -> dict:
+    """Decoding the source into an empty cache, then reading every training row from it."""
     source = data.find_source(None)
-    old = os.environ.get("XDG_CACHE_HOME")
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["XDG_CACHE_HOME"] = cache
-        try:
-            cold = best_of(lambda: None, 1) + _timed(lambda: data.load_dataset(source))
-            warm = best_of(lambda: data.load_dataset(source).train_x[:].sum(), 3)
-        finally:
-            if old is None:
-                os.environ.pop("XDG_CACHE_HOME")
-            else:
-                os.environ["XDG_CACHE_HOME"] = old
+    with tempfile.TemporaryDirectory() as cache, env_var("XDG_CACHE_HOME", cache):
+        cold = timed(lambda: data.load_dataset(source))
+        warm = best_of(lambda: data.load_dataset(source).train_x[:].sum(), 3)
     return {"source": str(source), "cold_s": cold, "warm_s": warm}
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def memory_45k(out: str) -> float:
@@ -134,33 +310,9 @@ def memory_45k(out: str) -> float:
     return child_rusage(cmd)[1]
 
 
-def fused_search(out: str) -> dict:
-    """The 16-trial coarse search, fused against one trial at a time, both in one process."""
-    res = {}
-    for mode in ("off", "auto"):
-        d = Path(out) / f"search-{mode}"
-        cmd = cli("search", str(CONFIGS / "search-coarse.yaml"), "--dir", str(d),
-                  "--set", f"search.fuse={mode}")  # fmt: skip
-        wall = child_rusage(cmd)[0]
-        trials = [json.loads(p.read_text()) for p in sorted(d.glob("trials/*/summary.json"))]
-        res[mode] = {
-            "wall_s": wall,
-            "train_s": sum(t["timing"]["train"] for t in trials),
-            "eval_s": sum(t["timing"]["eval"] for t in trials),
-            "val": {t["run_dir"][-3:]: t["accuracy"]["val"] for t in trials},
-        }
-    off, auto = res["off"], res["auto"]
-    res["speedup"] = off["wall_s"] / auto["wall_s"]
-    res["max_val_diff"] = max(abs(off["val"][k] - auto["val"][k]) for k in off["val"])
-    return res
-
-
-BUSY = "while True: pass"  # one busy CPU: what other users' jobs do to a shared machine
-
-
 def loaded_machine(out: str) -> dict:
-    """Training-loop seconds of the whole default run with 1 and with all BLAS threads, on the
-    idle machine and beside 1x and 2x as many busy processes as there are CPUs."""
+    """Seconds of the whole default run with 1 and with all BLAS threads, on the idle machine
+    and beside 1x and 2x as many busy processes as there are CPUs."""
     cpus = threads.available_cpus()[0]
     res = {"cpus": cpus, "rows": []}
     for busy in (0, cpus, 2 * cpus):
@@ -179,31 +331,83 @@ def loaded_machine(out: str) -> dict:
     return res
 
 
-def report(r: dict) -> str:
+# ---------------------------------------------------------------- the report
+
+
+def command(r: dict) -> str:
+    sets = "".join(f" --set {s}" for s in r["sets"])
+    fused = f" ({r['t']} trials of its plan, one stack)" if r["trials"] else ""
+    return f"`configs/{r['config']}{sets}`{fused}"
+
+
+def loop_table(loops: list[dict]) -> str:
     rows = "\n".join(
-        f"| `{t['config']}` (m={t['hidden']}, batch {t['batch']}, {t['steps']} steps) "
-        f"| {t['train_s']:.2f} s | {t['images_per_s']:,.0f} | {t['gemm_bound_s']:.2f} s "
-        f"| **{t['ratio']:.2f}x** | {t['eval_s'] * 1000:.1f} ms / {t['eval_rows']:,} rows "
-        f"| {t['eval_bound_s'] * 1000:.1f} ms | **{t['eval_ratio']:.2f}x** |"
-        for t in r["loops"])
-    w, dl, fs = r["whole"], r["data"], r["fused"]
-    return f"""# Benchmarks
+        f"| {command(r)} | {r['steps']} | {r['n']} | {r['t']} | {r['h']} | {r['train_s']:.2f} "
+        f"| {r['images_per_s']:,.0f} | {r['gemm_s']:.2f} | {r['traffic_s']:.2f} "
+        f"| {r['roofline_s']:.2f} | **{r['ratio_gemm']:.2f}x** | **{r['ratio_roofline']:.2f}x** |"
+        for r in loops)  # fmt: skip
+    return f"""| loop (engine, no metric rows) | steps | batch | T | hidden | train s | images/s | GEMM s | traffic s | roofline s | train/GEMM | train/roofline |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+{rows}"""
 
-Machine: {r['machine']}. Measured {r['date']} by `make bench` (benchmarks/bench.py).
 
-GEMM bound: the matrix products of the same shapes and dtype alone, at this machine's BLAS
-speed (fastest of repeated runs), times the number of steps (evaluation: the forward products of
-all rows). Ratio = measured / bound.
+def roofline_notes(r: dict) -> str:
+    gf = ", ".join(f"{x['label']} {x['gemm_gflops']:.0f}" for x in r["loops"])
+    mb = ", ".join(f"{x['label']} {x['step_bytes'] / 1e6:.1f} MB" for x in r["loops"])
+    return f"""Train s: `clock.seconds["train"]` of `loop.run` (the loop without its two metric
+rows: `train.log_every` = the steps). images/s: batch rows per second (a fused row's image goes
+through all T networks). GEMM s: one step's matrix products alone (X @ W1 (D, T*H); the batched
+second layer on the (T, N, H) view of an (N, T, H) array; dscores @ W2^T; h^T @ dscores;
+X^T @ dS1; no dX), at the loop's shapes and dtype, best of 5, times the steps. Traffic s: a
+step's minimal memory traffic (each parameter, gradient and, with momentum, velocity read and
+written once, plus the batch read once) at the measured bandwidth, times the steps.
+Roofline s = GEMM s + traffic s.
 
-| training loop, no evaluation | seconds | images/s | GEMM bound | ratio | evaluation of the train split | its bound | ratio |
-|---|---|---|---|---|---|---|---|
-{rows}
+| measured in this run | value |
+|---|---|
+| memory bandwidth (`np.copyto` of a {COPY_MB} MB float32 array, read + write, best of 5) | {r['bandwidth'] / 1e9:.2f} GB/s |
+| BLAS peak (2048 x 2048 float32 product, best of 5) | {r['peak_gflops']:.1f} GFLOP/s |
+| GEMM GFLOP/s of each loop's step products | {gf} |
+| minimal traffic of one step | {mb} |"""
 
-| whole `cifar2l train configs/default.yaml` (warm cache) | seconds |
+
+def fused_table(r: dict) -> str:
+    f = next(x for x in r["loops"] if x["trials"])
+    alone = sum(f["alone_train_s"])
+    return f"""| {f['t']} trials of `configs/{f['config']}` ({f['steps']} steps each), training loops | seconds |
+|---|---|
+| one stack of {f['t']} (fused, `search.fuse: auto`) | {f['train_s']:.2f} |
+| one trial at a time (T = 1 each, as `search.fuse: off`; sum) | {alone:.2f} |
+
+Fused is **{alone / f['train_s']:.2f}x** faster."""
+
+
+def torch_section(r: dict) -> str:
+    ones = [x for x in r["loops"] if not x["trials"]]
+    if all(x["torch_s"] is None for x in ones):
+        return "PyTorch not installed: skipped."
+    rows = "\n".join(f"| {command(x)} | {x['train_s']:.2f} | {x['torch_s']:.2f} "
+                     f"| **{x['train_s'] / x['torch_s']:.2f}x** |" for x in ones)  # fmt: skip
+    return f"""Same network, batch order, optimizer and thread count in PyTorch eager on the CPU
+(torch.optim.SGD, its momentum form; batch gather without augmentation).
+
+| loop | ours s | PyTorch s | ours / PyTorch |
+|---|---|---|---|
+{rows}"""
+
+
+def process_tables(r: dict) -> str:
+    w, dl, j = r["whole"], r["data"], r["jit"]
+    return f"""| start-up of the compiled kernels (`kernels.warm_up('float32')` in a fresh process) | seconds |
+|---|---|
+| cold: `NUMBA_CACHE_DIR` an empty folder (compiles every kernel) | {j['cold_s']:.2f} |
+| warm: the same folder again (loads them from the cache) | {j['warm_s']:.2f} |
+
+| whole `cifar2l train configs/default.yaml --json --quiet` (second run: warm caches) | seconds |
 |---|---|
 | wall time of the process | {w['wall_s']:.2f} |
-| training loop / evaluation (from summary.json `timing`) | {w['train_s']:.2f} / {w['eval_s']:.2f} |
-| everything else: start-up, data, plots, writing | **{w['other_s']:.2f}** |
+| training loop / evaluation / io (summary.json `timing`) | {w['train_s']:.2f} / {w['eval_s']:.2f} / {w['io_s']:.2f} |
+| overhead: wall - train - eval (start-up, data, plots, writing; target <= 1.0) | **{w['overhead_s']:.2f}** |
 
 | data loading ({Path(dl['source']).name}) | seconds |
 |---|---|
@@ -213,47 +417,78 @@ all rows). Ratio = measured / bound.
 | peak resident memory | MB |
 |---|---|
 | `cifar2l train configs/default.yaml` (10,000 training images) | {w['peak_mb']:.0f} |
-| `cifar2l train configs/final.yaml` (45,000 training images, shortened) | {r['memory_45k_mb']:.0f} |
-
-| 16-trial coarse search (`configs/search-coarse.yaml`, one process) | one trial at a time | fused |
-|---|---|---|
-| wall seconds | {fs['off']['wall_s']:.1f} | {fs['auto']['wall_s']:.1f} |
-| of which training loops (sum over trials) | {fs['off']['train_s']:.1f} | {fs['auto']['train_s']:.1f} |
-| of which metric evaluation (sum over trials) | {fs['off']['eval_s']:.1f} | {fs['auto']['eval_s']:.1f} |
-| rest: start-up, data, final metrics, writing 16 run dirs | {fs['off']['wall_s'] - fs['off']['train_s'] - fs['off']['eval_s']:.1f} | {fs['auto']['wall_s'] - fs['auto']['train_s'] - fs['auto']['eval_s']:.1f} |
-
-Fused is **{fs['speedup']:.2f}x** faster; the largest difference in a trial's final validation
-accuracy between the two is {fs['max_val_diff']:.4f}.
-
-{loaded_table(r['loaded'])}
-"""
+| `cifar2l train configs/final.yaml --set schedule.n_s=50 --set schedule.cycles=1` (45,000 training images) | {r['memory_45k_mb']:.0f} |"""
 
 
 def loaded_table(ld: dict) -> str:
     rows = "\n".join(f"| {x['busy']} | {x['threads']} | {x['train_s']:.2f} s | {x['wall_s']:.2f} s |"
                      for x in ld["rows"])
-    return f"""| `cifar2l train configs/default.yaml` beside busy processes ({ld['cpus']} CPUs) | BLAS threads | training loop | whole process |
+    return f"""| `cifar2l train configs/default.yaml --threads N` beside busy processes ({ld['cpus']} CPUs) | BLAS threads | training loop | whole process |
 |---|---|---|---|
 {rows}"""
 
 
+def busy_note(r: dict) -> str:
+    """A warning when other work shared the CPUs (its threads distort every figure here)."""
+    load = r["load_start"]
+    if load is None or load < 0.5:
+        return ""
+    return (f"\n**The machine was not idle** (load average {load:.2f} on {r['threads']['cpus']} "
+            f"CPUs when the bench started): timings with several threads are distorted.\n")
+
+
+def report(r: dict) -> str:
+    th = r["threads"]
+    return f"""# Benchmarks
+
+Made by `make bench` (benchmarks/bench.py) on {r['date']}: {r['machine']}.
+Threads: {th['threads']} (BLAS and kernels; chosen by {th['source']}, {th['cpus']} CPUs by
+{th['cpus_source']}). BLAS: {r['blas_line']}. Load average at the start: {r['load_start']} (at the end,
+after the bench's own busy processes: {r['load_end']}).
+{busy_note(r)}
+{loop_table(r['loops'])}
+
+{roofline_notes(r)}
+
+{fused_table(r)}
+
+{process_tables(r)}
+
+{torch_section(r)}
+
+{loaded_table(r['loaded'])}
+"""
+
+
+# ---------------------------------------------------------------- main
+
+
+def blas_line(facts: dict) -> str:
+    return "; ".join(f"{b['library']} {b['version']}, {b['threading_layer']} threading, "
+                     f"kernel {b['architecture']}" for b in facts["blas"]) or "none seen"  # fmt: skip
+
+
+def measure(out: str, choice) -> dict:
+    facts = machine.describe()
+    r = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine.one_line(facts),
+         "machine_facts": facts, "blas_line": blas_line(facts), "threads": choice.to_dict(),
+         "load_start": machine.load_average(), "data": data_load(), "jit": jit_start(),
+         "bandwidth": bandwidth(), "peak_gflops": peak_gflops()}  # fmt: skip
+    r["loops"] = [loop_case(*case, r["bandwidth"], choice.threads) for case in LOOPS]
+    r.update(whole=whole_process(out), memory_45k_mb=memory_45k(out), loaded=loaded_machine(out))
+    r["load_end"] = machine.load_average()
+    return r
+
+
 def main() -> int:
-    if not (os.environ.get("CIFAR2L_DATA")):
+    if not os.environ.get("CIFAR2L_DATA"):
         print("Error: benchmarks need CIFAR2L_DATA (a CIFAR-10 source)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory() as out:
-        facts = machine.describe()
-        r = {"machine": machine.one_line(facts), "machine_facts": facts,
-             "date": time.strftime("%Y-%m-%d %H:%M"),
-             "data": data_load(),
-             "loops": [training_loop(CONFIGS / "default.yaml"),
-                       training_loop(CONFIGS / "table4-140.yaml"),
-                       training_loop(CONFIGS / "best.yaml", ("schedule.steps=300", "train.snapshots=null"))],
-             "whole": whole_process(out), "memory_45k_mb": memory_45k(out),
-             "fused": fused_search(out), "loaded": loaded_machine(out)}  # fmt: skip
-    here = Path(__file__).resolve().parent
-    (here / "results.json").write_text(json.dumps(r, indent=2) + "\n")
-    (here / "results.md").write_text(report(r))
+    choice = threads.choose(None)
+    with tempfile.TemporaryDirectory() as out, threads.limited(choice):
+        r = measure(out, choice)
+    (HERE / "results.json").write_text(json.dumps(r, indent=2) + "\n")
+    (HERE / "results.md").write_text(report(r))
     print(report(r))
     return 0
 

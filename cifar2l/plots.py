@@ -10,7 +10,7 @@ import numpy as np
 from . import runs
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,7 +33,7 @@ def _save(fig, path: Path) -> None:
 
 def curve(rows: list[dict], metric: str, path: Path, title: str) -> None:
     """`train_<metric>` and `val_<metric>` against the update step, like the study's figures."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     steps = [r["step"] for r in rows]
     for split, label in (("train", "training"), ("val", "validation")):
@@ -46,7 +46,7 @@ def curve(rows: list[dict], metric: str, path: Path, title: str) -> None:
 
 
 def learning_rate(lr_fn, total: int, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     steps = np.arange(total + 1)
     fig, ax = plt.subplots(figsize=(6, 3), layout="constrained")
     ax.plot(steps, [lr_fn(int(t)) for t in steps])
@@ -64,7 +64,7 @@ def training_plots(rows: list[dict], lr_fn, total: int, run_dir: Path) -> None:
 
 def confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> None:
     """Rows: true class, columns: predicted class, counts in the cells."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 6), layout="constrained")
     im = ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
@@ -81,7 +81,7 @@ def confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) ->
 
 def search_scatter(rows: list[dict], search: dict, path: Path) -> None:
     """Validation accuracy against each searched value (log axis for log-uniform keys)."""
-    plt = _pyplot()
+    plt = pyplot()
     keys = list(search["space"])
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False,
                              layout="constrained")
@@ -102,7 +102,7 @@ def search_scatter(rows: list[dict], search: dict, path: Path) -> None:
 
 def lrrange(rows: list[dict], s: dict, log_x: bool, path: Path) -> None:
     """Accuracy and loss against the learning rate, with the suggested eta_min / eta_max."""
-    plt = _pyplot()
+    plt = pyplot()
     lrs = [r["lr"] for r in rows]
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     for split, label in (("train", "training (subset)"), ("val", "validation")):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, console, data, ensemble, loop, network, plots, runs
+from . import checkpoint, console, data, ensemble, loop, network, plots, preload, runs
 from . import config as config_mod
-from .errors import ConfigError, RunError
+from .errors import ConfigError, DivergedError, RunError
 from .loop import METRIC_COLUMNS
 from .rngs import init_seeds, make_rngs
 from .schedule import cycle_length, make_schedule, total_steps
@@ -100,7 +100,11 @@ def train_stack(job: Job, resume=None, stop_on_divergence: bool = True) -> loop.
         # A diverging run overflows on its way to the non-finite loss that stops it: that is
         # reported as one error (or a frozen trial), not as numpy warnings.
         with checkpoint.deferred_signals():
-            loop.run(state, stack, loop.Data(job.prep.train, job.prep.val), hooks)
+            try:
+                loop.run(state, stack, loop.Data(job.prep.train, job.prep.val), hooks)
+            except DivergedError as e:
+                e.state = state  # the rows up to the divergence are kept
+                raise
     return state
 
 
@@ -200,12 +204,15 @@ def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None,
     job = Job([cfg], [run.path], prep, run.path / checkpoint.NAME, clock or runs.Clock())
     state = resume
     try:
-        state = train_stack(job, resume)
-        final = finish_run(run, cfg, prep, state.params, state.rows[0], config_text, job.clock)
-        checkpoint.take_pending()  # came while finishing: the run is complete anyway
-    except checkpoint.Interrupted as stop:
-        state = stop.state
-        runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, state.rows[0])
+        with checkpoint.deferred_signals():
+            state = train_stack(job, resume)
+            final = finish_run(run, cfg, prep, state.params, state.rows[0], config_text,
+                               job.clock)  # fmt: skip
+            checkpoint.take_pending()  # came while finishing: the run is complete anyway
+    except (checkpoint.Interrupted, DivergedError) as stop:  # both carry the loop's state
+        state = getattr(stop, "state", None) or state
+        if state is not None:
+            runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, state.rows[0])
         raise
     finally:  # a diverged or interrupted run keeps the metrics up to where it stopped
         if state is not None and state.timing:
@@ -215,8 +222,11 @@ def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None,
 
 
 def prepare(cfg, config_path: str, clock: runs.Clock):
+    """The prepared splits; the kernels and matplotlib load meanwhile (preload.py)."""
+    loading = preload.start(cfg.dtype)
     with clock("io"):
         prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
+        loading.join()
     check_batch_size(cfg, prep, config_path)
     return prep
 
@@ -262,9 +272,10 @@ def train_into(run, cfg, prep, config_text: str, clock, repeat: int, resume=None
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
     job = Job(cfgs, dirs, prep, run.path / checkpoint.NAME, clock, show_rows=False)
-    state = train_stack(job, resume)
-    checkpoint.take_pending()
-    subs = finish_trials(job, state, share=True)
+    with checkpoint.deferred_signals():
+        state = train_stack(job, resume)
+        subs = finish_trials(job, state, share=True)
+        checkpoint.take_pending()  # came while finishing: the run is complete anyway
     run.summary.update(repeat_summary(subs, seeds, clock), fused=True, data=data_summary(prep))
     (run.path / checkpoint.NAME).unlink(missing_ok=True)
     return None

@@ -270,16 +270,16 @@ def test_an_interrupted_repeat_resumes_to_the_uninterrupted_result(tmp_path, off
         calls.append(1)
         return 15 if len(calls) == 7 else None
 
-    monkeypatch.setattr(checkpoint, "pending", pending)
-    monkeypatch.setattr(checkpoint, "take_pending", lambda: 15)
     from .conftest import invoke
 
-    res = invoke("train", SMOKE, *sets, "--repeat", 2, "--out", tmp_path / "cut", "-q")
+    with monkeypatch.context() as m:  # (not monkeypatch.undo: it would undo the autouse env)
+        m.setattr(checkpoint, "pending", pending)
+        m.setattr(checkpoint, "take_pending", lambda: 15)
+        res = invoke("train", SMOKE, *sets, "--repeat", 2, "--out", tmp_path / "cut", "-q")
     assert res.exit_code == 143, res.output
     run = next((tmp_path / "cut").iterdir())
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
     assert (run / checkpoint.NAME).is_file()
-    monkeypatch.undo()
     s = json.loads(ok("train", "--resume", run, "--json", "-q").stdout)
     assert s["status"] == "completed" and s["resumed_from_step"] == 7 and s["repeat"] == 2
     ref = next((tmp_path / "ref").iterdir())
@@ -288,3 +288,15 @@ def test_an_interrupted_repeat_resumes_to_the_uninterrupted_result(tmp_path, off
         assert (mine / "metrics.csv").read_bytes() == (theirs / "metrics.csv").read_bytes()
         with np.load(mine / "weights.npz") as a, np.load(theirs / "weights.npz") as b:
             assert all(np.array_equal(a[p], b[p]) for p in network.PARAM_KEYS)
+
+
+def test_a_diverged_run_keeps_its_metric_rows(tmp_path, official_dir):
+    from .conftest import invoke
+
+    res = invoke("train", SMOKE, "--set", f"data.root={official_dir}", "--set",
+                 "schedule.eta_max=1e30", "--out", tmp_path / "runs", "-q")  # fmt: skip
+    assert res.exit_code == 1 and "diverged" in res.stderr
+    run = next((tmp_path / "runs").iterdir())
+    assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and len(rows) >= 2  # the header and the row at step 0

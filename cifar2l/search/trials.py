@@ -241,6 +241,7 @@ class FusedPass:
     finals: list | None = None
     error: Exception | None = None
     stopped: checkpoint.Interrupted | None = None
+    late_signal: int | None = None  # a signal that came after the pass's last boundary
     clock: runs.Clock = dataclasses.field(default_factory=runs.Clock)
     seconds: float = 0.0
 
@@ -279,7 +280,10 @@ def run_fused(path: Path, todo: list[dict], base: dict, cache: DataCache) -> lis
     group.seconds = time.perf_counter() - start
     if group.stopped is not None:
         interrupt_group(group, group.stopped)
-    return [finish_fused(group, i) for i in range(len(todo))]
+    done = [finish_fused(group, i) for i in range(len(todo))]
+    if group.late_signal is not None:  # the pass had finished: its trials are written, stop
+        raise checkpoint.Interrupted(group.late_signal)
+    return done
 
 
 def train_fused(group: FusedPass) -> None:
@@ -289,11 +293,12 @@ def train_fused(group: FusedPass) -> None:
     job = Job(cfgs, [tdir for tdir, _, _ in group.made], group.prep, None, group.clock,
               show_rows=False)  # fmt: skip
     try:
-        with console.quiet():
+        with checkpoint.deferred_signals(), console.quiet():
             group.result = train_stack(job, stop_on_divergence=False)
-        with group.clock("eval"):
-            lam = np.array([c.optim.lambda_ for c in cfgs])
-            group.finals = final_metrics(group.result.params, group.prep, lam)
+            with group.clock("eval"):
+                lam = np.array([c.optim.lambda_ for c in cfgs])
+                group.finals = final_metrics(group.result.params, group.prep, lam)
+            group.late_signal = checkpoint.take_pending()  # after the last boundary
     except checkpoint.Interrupted as stop:
         group.stopped = stop
     except Exception as e:
