@@ -18,6 +18,7 @@ import numpy as np
 from .errors import RunError
 from .loop import STREAMS, TrainState
 from .runs import save_npz
+from .weights import stacked  # a checkpoint of the older single-network layout: T = 1
 
 NAME = "checkpoint.npz"
 
@@ -103,13 +104,6 @@ def load(path: Path):
                       generators(meta["rng_states"]), meta["step"], order if order.size else None,
                       rows, {int(k): tuple(v) for k, v in meta.get("diverged", {}).items()},
                       meta["timing"])  # fmt: skip
-
-
-def stacked(params: dict) -> dict:
-    """Params in the stack layout (T = 1 for a checkpoint of the single-network layout)."""
-    if params["W1"].ndim == 3:
-        return params
-    return {"W1": params["W1"][:, None, :], **{k: params[k][None] for k in ("b1", "W2", "b2")}}
 
 
 def rng_states(rngs: dict) -> dict:

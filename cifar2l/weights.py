@@ -83,7 +83,9 @@ def single(params: dict) -> dict:
 
 
 def stacked(params: dict) -> dict:
-    """File layout -> a stack of T = 1 (views)."""
+    """File layout -> a stack of T = 1 (views); params already stacked come back as they are."""
+    if params["W1"].ndim == 3:
+        return params
     return {"W1": params["W1"][:, None, :], **{k: params[k][None] for k in ("b1", "W2", "b2")}}
 
 
