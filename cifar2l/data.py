@@ -11,6 +11,7 @@ class folders sorted by name, which is the official order for CIFAR-10's folder 
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import json
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import runs
+from . import kernels, runs
 from .errors import ConfigError, DataError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -451,29 +452,24 @@ def fit_standardizer(x: np.ndarray, per: str = "per_feature") -> tuple[np.ndarra
 
 
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, dtype) -> np.ndarray:
-    out = x.astype(dtype)
-    out -= mean.astype(dtype)
-    out /= std.astype(dtype)
-    return out
+    """(x - mean) / std in `dtype`, mean and std rounded to it first (kernels.standardize)."""
+    dt = np.dtype(dtype)
+    out = np.empty(x.shape, dtype=dt)
+    return kernels.standardize(x, mean.astype(dt), std.astype(dt), out)
 
 
 def prepare(data_cfg, dtype: str, rng: np.random.Generator) -> Prepared:
     """Locate, load, split and standardise with the training split's statistics only."""
     ds = load_dataset(find_source(data_cfg.root))
     raw = select_splits(ds, data_cfg, rng)
-    mean, std = fit_standardizer(raw["train"][0], data_cfg.standardize)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL
+        prints = {k: pool.submit(fingerprint, *v) for k, v in raw.items() if v is not None}
+        mean, std = fit_standardizer(raw["train"][0], data_cfg.standardize)
 
-    def split(pair):
-        return None if pair is None else Split(standardize(pair[0], mean, std, dtype), pair[1])
+        def split(pair):
+            return None if pair is None else Split(standardize(pair[0], mean, std, dtype), pair[1])
 
-    return Prepared(
-        train=split(raw["train"]),
-        val=split(raw["val"]),
-        test=split(raw["test"]),
-        mean=mean,
-        std=std,
-        classes=ds.classes,
-        source=ds.source,
-        format=ds.format,
-        fingerprints={k: fingerprint(*v) for k, v in raw.items() if v is not None},
-    )
+        splits = {k: split(raw[k]) for k in ("train", "val", "test")}
+        fingerprints = {k: f.result() for k, f in prints.items()}
+    return Prepared(**splits, mean=mean, std=std, classes=ds.classes, source=ds.source,
+                    format=ds.format, fingerprints=fingerprints)  # fmt: skip

@@ -181,11 +181,12 @@ def update(p, g, v, lr, l2, gamma, decay, nesterov: bool) -> None:
     if nb is None:
         return update_ref(p, g, v, lr, l2, gamma, decay, nesterov)
     r, t, k = p.shape
-    p2, g2 = p.reshape(r * t, k), g.reshape(r * t, k)
+    rows = (1, r * k) if t == 1 else (r * t, k)  # one trial: one long row, fewer tasks
+    p2, g2 = p.reshape(rows), g.reshape(rows)
     if v is None:
         nb.update_sgd(p2, g2, _vec(lr), _vec(l2), _vec(decay))
     else:
-        nb.update_momentum(p2, g2, v.reshape(r * t, k), _vec(lr), _vec(l2), _vec(gamma),
+        nb.update_momentum(p2, g2, v.reshape(rows), _vec(lr), _vec(l2), _vec(gamma),
                            _vec(decay), bool(nesterov))  # fmt: skip
 
 
@@ -320,7 +321,36 @@ def softmax_xent(scores, y, smoothing):
     return _mean_rows(row_loss), scores
 
 
-# --- 5. gather + translate + flip ----------------------------------------------------------
+# --- 5. gather ----------------------------------------------------------------------------
+
+
+def gather_rows_ref(x, idx, out):
+    """The reference of `gather_rows`. NumPy needs mode="clip": with the default "raise" it
+    buffers `out` and runs 3x slower (the indices are checked before)."""
+    xp = array_module(x)
+    if xp is np:
+        return np.take(x, idx, axis=0, out=out, mode="clip")
+    return xp.take(x, xp.asarray(idx), axis=0, out=out)
+
+
+def gather_rows(x, idx, out):
+    """out[i] = x[idx[i]]: the batch rows (N, D) of x (M, D), written into out and returned;
+    idx (N,) int in [0, M). The compiled path copies the rows on several threads (a batch
+    of 100 rows from a 45,000-row split: half the time of np.take)."""
+    _require(x.ndim == 2, f"x must be (M, D), got shape {tuple(x.shape)}")
+    _shapes((len(idx), x.shape[1]), out=out)
+    _dtypes(x.dtype, out=out)
+    idx64 = np.ascontiguousarray(idx, dtype=np.int64)
+    _in_range("idx", idx64, 0, x.shape[0] - 1)
+    nb = _compiled(None, out, x)  # the size of the work is out's
+    if nb is None:
+        return gather_rows_ref(x, idx64, out)
+    _require(not np.may_share_memory(x, out), "out must not overlap x")
+    nb.gather_rows(x, idx64, out)
+    return out
+
+
+# --- 6. gather + translate + flip ----------------------------------------------------------
 
 
 def gather_augment_ref(x, idx, flips, dy, dx, k: int, reflect: bool, out):
@@ -373,6 +403,32 @@ def gather_augment(x, idx, flips, dy, dx, k: int, reflect: bool, out):
     return out
 
 
+# --- 7. standardisation --------------------------------------------------------------------
+
+
+def standardize_ref(x, mean, std, out):
+    """The reference of `standardize`."""
+    out[...] = x
+    out -= mean
+    out /= std
+    return out
+
+
+def standardize(x, mean, std, out):
+    """out = (x - mean) / std, row by row, in out's dtype: x (N, D) raw pixels, mean and std
+    (D,) in out's dtype, out (N, D) float32 or float64, written and returned. The compiled
+    path (uint8 x) makes one parallel pass instead of three."""
+    _require(x.ndim == 2, f"x must be (N, D), got shape {tuple(x.shape)}")
+    _shapes(x.shape, out=out)
+    _shapes(x.shape[1:], mean=mean, std=std)
+    _dtypes(out.dtype, mean=mean, std=std)
+    nb = _compiled(out.dtype, out, x, mean, std)
+    if nb is None or x.dtype != np.uint8:
+        return standardize_ref(x, mean, std, out)
+    nb.standardize(x, mean, std, out)
+    return out
+
+
 # --- warm-up ------------------------------------------------------------------------------
 
 
@@ -395,6 +451,8 @@ def warm_up(dtype) -> None:
     relu_dropout_backward(np.ones((t, n, h), dt), hd, vec, hd)
     softmax_xent(np.zeros((t, n, c), dt), np.zeros(n, np.int64), vec)
     x = np.zeros((2, PIXELS), dt)
+    gather_rows(x, np.zeros(n, np.int64), np.empty((n, PIXELS), dt))
+    standardize(np.zeros((n, PIXELS), np.uint8), x[0], x[0] + 1, np.empty((n, PIXELS), dt))
     flips, shift = np.zeros(n, bool), np.zeros(n, np.int64)
     for reflect in (False, True):  # one compiled version serves both: a runtime flag
         gather_augment(x, shift, flips, shift, shift, 1, reflect, np.empty((n, PIXELS), dt))

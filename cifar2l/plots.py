@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 
 from . import runs
+
+# Axes box of a run's curves in figure fractions: room for tick labels up to "0.0001", the axis
+# labels and a title
+MARGINS = {"left": 0.13, "right": 0.97, "bottom": 0.12, "top": 0.92}
 
 
 def pyplot():
@@ -19,12 +24,28 @@ def pyplot():
     return plt
 
 
+def warm_up() -> None:
+    """Import pyplot and draw one small figure with text into memory: the first figure of a
+    process pays for loading the fonts and the renderer (~0.15 s), so preload.py pays it in
+    its thread. The object API (no pyplot figure registry) is safe beside the main thread."""
+    pyplot()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], marker=".", label="x")
+    ax.set(xlabel="x", title="x")
+    ax.legend()
+    FigureCanvasAgg(fig).print_png(io.BytesIO())
+
+
 def _save(fig, path: Path) -> None:
     # A unique temp name: two processes may write the same figure at once (concurrent collects).
     fd, tmp = runs.temp_file(path.parent, path.stem, suffix=path.suffix)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)  # figures use layout="constrained": no second tight pass
+        fig.savefig(tmp, dpi=120)  # no bbox_inches="tight": that would draw the figure twice
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -34,7 +55,9 @@ def _save(fig, path: Path) -> None:
 def curve(rows: list[dict], metric: str, path: Path, title: str) -> None:
     """`train_<metric>` and `val_<metric>` against the update step, like the study's figures."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    # Fixed margins, not layout="constrained": every run draws these, and the layout solver
+    # took 40% of each figure's time (0.12 s against 0.07 s).
+    fig, ax = plt.subplots(figsize=(6, 4), gridspec_kw=MARGINS)
     steps = [r["step"] for r in rows]
     for split, label in (("train", "training"), ("val", "validation")):
         ax.plot(steps, [r[f"{split}_{metric}"] for r in rows], marker=".", label=label)
@@ -48,7 +71,7 @@ def curve(rows: list[dict], metric: str, path: Path, title: str) -> None:
 def learning_rate(lr_fn, total: int, path: Path) -> None:
     plt = pyplot()
     steps = np.arange(total + 1)
-    fig, ax = plt.subplots(figsize=(6, 3), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6, 3), gridspec_kw={**MARGINS, "bottom": 0.16, "top": 0.89})
     ax.plot(steps, [lr_fn(int(t)) for t in steps])
     ax.set(xlabel="update step", ylabel="learning rate", title="learning-rate schedule")
     ax.grid(alpha=0.3)

@@ -66,7 +66,8 @@ def both_counts(threads, fn):
 
 # --- 1. update ------------------------------------------------------------------------------
 
-UPDATE_SHAPES = [(1, 1, 3), (2, 3, 3), (1, 3, 5000), (64, 3, 4096)]  # tiny ... W2-like, wide
+UPDATE_SHAPES = [(1, 1, 3), (2, 3, 3), (1, 3, 5000), (64, 3, 4096),
+                 (700, 2, 50), (300, 1, 50)]  # tiny, W2-like, wide, many short rows, T = 1
 
 
 def update_case(dtype, shape, momentum, seed=0):
@@ -275,7 +276,36 @@ def test_softmax_xent_checks_labels():
     assert np.isfinite(losses).all()
 
 
-# --- 5. gather + augment ---------------------------------------------------------------------
+# --- 5. gather ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 3, 128])
+def test_gather_rows_equals_take(dtype, n):
+    x, idx, _, _, _ = gather_case(dtype, n, 0, seed=n)
+    got = np.full((n, 3072), np.nan, dtype)
+    assert kernels.gather_rows(x, idx, got) is got
+    same(got, x[idx])
+    ref = np.full_like(got, np.nan)
+    same(kernels.gather_rows_ref(x, idx, ref), x[idx])
+
+
+def test_gather_rows_same_at_any_thread_count(threads):
+    x, idx, _, _, _ = gather_case(np.float32, 128, 0, seed=9)
+    both_counts(threads, lambda: (kernels.gather_rows(x, idx, np.empty((128, 3072), x.dtype)),))
+
+
+def test_gather_rows_checks_arguments():
+    x, idx, _, _, _ = gather_case(np.float32, 4, 0)
+    with pytest.raises(ValueError, match="idx has values"):
+        kernels.gather_rows(x, idx - 40, np.empty((4, 3072), np.float32))
+    with pytest.raises(TypeError, match="out has dtype"):
+        kernels.gather_rows(x, idx, np.empty((4, 3072), np.float64))
+    with pytest.raises(ValueError, match="overlap"):
+        kernels.gather_rows(x, idx, x[:4])
+
+
+# --- 6. gather + augment ---------------------------------------------------------------------
 
 
 def gather_case(dtype, n, k, seed=0):
@@ -331,6 +361,28 @@ def test_gather_augment_checks_arguments():
         kernels.gather_augment(x, idx, flips, dy, dx, 32, True, out)
     with pytest.raises(ValueError, match="overlap"):
         kernels.gather_augment(x, idx, flips, dy, dx, 2, True, x[:4])
+
+
+# --- 7. standardisation -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("raw", [np.uint8, np.float32])
+def test_standardize_equals_reference(dtype, raw):
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (37, 3072)).astype(raw)
+    mean = rng.uniform(0, 255, 3072).astype(dtype)
+    std = rng.uniform(0.5, 80, 3072).astype(dtype)
+    got = kernels.standardize(x, mean, std, np.full(x.shape, np.nan, dtype))
+    want = kernels.standardize_ref(x, mean, std, np.full(x.shape, np.nan, dtype))
+    same(got, want)
+    same(want, ((x.astype(dtype) - mean) / std).astype(dtype))
+
+
+def test_standardize_same_at_any_thread_count(threads):
+    x = np.random.default_rng(4).integers(0, 256, (64, 3072)).astype(np.uint8)
+    m, s = np.full(3072, 120.0, np.float32), np.full(3072, 60.0, np.float32)
+    both_counts(threads, lambda: (kernels.standardize(x, m, s, np.empty(x.shape, np.float32)),))
 
 
 # --- threads, import, warm-up, on-disk cache -------------------------------------------------
