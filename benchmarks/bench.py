@@ -185,17 +185,23 @@ def shapes(cfgs: list, prep) -> dict:
             "momentum": any(c.optim.momentum > 0 for c in cfgs)}  # fmt: skip
 
 
-def roofline(sh: dict, steps: int, bw: float) -> dict:
-    """GEMM and traffic seconds of `steps` steps of shapes `sh` at bandwidth `bw`."""
+def gemm_and_bytes(sh: dict, steps: int) -> dict:
+    """GEMM seconds of `steps` steps of shapes `sh`, and one step's minimal traffic."""
     dims = sh["n"], sh["d"], sh["t"], sh["h"], sh["c"]
     gemm = gemm_step(*dims, sh["dtype"])
-    nbytes = step_bytes(*dims, np.dtype(sh["dtype"]).itemsize, sh["momentum"])
     return {"gemm_s": gemm * steps, "gemm_gflops": step_flops(*dims) / gemm / 1e9,
-            "step_bytes": nbytes, "traffic_s": nbytes / bw * steps,
-            "roofline_s": (gemm + nbytes / bw) * steps}  # fmt: skip
+            "step_bytes": step_bytes(*dims, np.dtype(sh["dtype"]).itemsize, sh["momentum"])}
 
 
-def loop_case(label: str, name: str, overrides: tuple, trials, bw: float, n_threads: int):
+def with_bandwidth(r: dict, bw: float) -> None:
+    """A loop's traffic and roofline seconds at bandwidth `bw`, and its ratios."""
+    r["traffic_s"] = r["step_bytes"] / bw * r["steps"]
+    r["roofline_s"] = r["gemm_s"] + r["traffic_s"]
+    r["ratio_gemm"] = r["train_s"] / r["gemm_s"]
+    r["ratio_roofline"] = r["train_s"] / r["roofline_s"]
+
+
+def loop_case(label: str, name: str, overrides: tuple, trials):
     """One row of the roofline table (and the one-trial-at-a-time loops of a fused group)."""
     cfgs, sets = trial_configs(name, overrides, trials)
     prep, steps = prepare(cfgs[0]), total_steps(cfgs[0].schedule)
@@ -203,12 +209,8 @@ def loop_case(label: str, name: str, overrides: tuple, trials, bw: float, n_thre
     sh = shapes(cfgs, prep)
     r = {"label": label, "config": name, "sets": sets, "trials": trials, "steps": steps, **sh,
          **train_loop(cfgs, prep)}  # fmt: skip
-    r.update(roofline(sh, steps, bw), images_per_s=steps * sh["n"] / r["train_s"])
-    r["ratio_gemm"] = r["train_s"] / r["gemm_s"]
-    r["ratio_roofline"] = r["train_s"] / r["roofline_s"]
-    if trials is None:
-        r["torch_s"] = torch_loop(cfgs[0], prep, steps, n_threads)
-    else:
+    r.update(gemm_and_bytes(sh, steps), images_per_s=steps * sh["n"] / r["train_s"])
+    if trials is not None:
         r["alone_train_s"] = [train_loop([c], prep)["train_s"] for c in cfgs]
     return r
 
@@ -239,6 +241,13 @@ def torch_model(torch, cfg, d: int):
               {"params": [model[0].bias, model[3].bias], "weight_decay": 0.0}]  # fmt: skip
     opt = torch.optim.SGD(groups, lr=0.0, momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov)
     return model, opt, nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+
+
+def torch_case(case: tuple, n_threads: int) -> float | None:
+    """torch_loop of a LOOPS entry (one config)."""
+    _, name, overrides, _ = case
+    cfgs, _ = trial_configs(name, overrides, None)
+    return torch_loop(cfgs[0], prepare(cfgs[0]), total_steps(cfgs[0].schedule), n_threads)
 
 
 def torch_loop(cfg, prep, steps: int, n_threads: int) -> float | None:
@@ -377,7 +386,7 @@ Roofline s = GEMM s + traffic s.
 
 | measured in this run | value |
 |---|---|
-| memory bandwidth (a {COPY_MB} MB float32 array read and written once: the faster of `np.copyto` on one thread and the ReLU kernel in place on every thread, best of 5) | {r['bandwidth'] / 1e9:.2f} GB/s |
+| memory bandwidth (a {COPY_MB} MB float32 array read and written once: the faster of `np.copyto` on one thread and the ReLU kernel in place on every thread, best of 5, probed before and after the loops: the better) | {r['bandwidth'] / 1e9:.2f} GB/s ({r['bandwidth_start'] / 1e9:.2f} before, {r['bandwidth_end'] / 1e9:.2f} after) |
 | BLAS peak (2048 x 2048 float32 product, best of 5) | {r['peak_gflops']:.1f} GFLOP/s |
 | GEMM GFLOP/s of each loop's step products | {gf} |
 | minimal traffic of one step | {mb} |"""
@@ -485,9 +494,17 @@ def measure(out: str, choice) -> dict:
     r = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine.one_line(facts),
          "machine_facts": facts, "blas_line": blas_line(facts), "threads": choice.to_dict(),
          "load_start": machine.load_average(), "data": data_load(), "jit": jit_start(),
-         "bandwidth": bandwidth(), "peak_gflops": peak_gflops()}  # fmt: skip
-    r["loops"] = [loop_case(*case, r["bandwidth"], choice.threads) for case in LOOPS]
+         "bandwidth_start": bandwidth(), "peak_gflops": peak_gflops()}  # fmt: skip
+    r["loops"] = [loop_case(*case) for case in LOOPS]
+    # The machine's speed drifts: the bound takes the better of a probe before and after
+    r["bandwidth_end"] = bandwidth()
+    r["bandwidth"] = max(r["bandwidth_start"], r["bandwidth_end"])
+    for lp in r["loops"]:
+        with_bandwidth(lp, r["bandwidth"])
     r.update(whole=whole_process(out), memory_45k_mb=memory_45k(out), loaded=loaded_machine(out))
+    # PyTorch last, after every loop of ours: its thread pool must not share their process
+    for lp, case in zip(r["loops"], LOOPS, strict=True):
+        lp["torch_s"] = None if lp["trials"] else torch_case(case, choice.threads)
     r["load_end"] = machine.load_average()
     return r
 
