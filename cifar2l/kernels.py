@@ -3,7 +3,9 @@
 Why numba: a NumPy expression such as the optimizer update (L2 gradient, weight decay,
 momentum, step) makes several passes over a 50 MB weight matrix, each allocating a temporary,
 on one core. A compiled loop reads and writes each element once, on every core the command
-was given (`set_threads`). The ReLU/dropout, softmax and augmentation passes gain the same way.
+was given (`set_threads`). The ReLU/dropout, softmax, gather and standardisation passes gain
+the same way. (Each element loop is its own compiled 1-D function, called from the parallel
+task: written inline in the prange body it was not vectorised; see _kernels_nb._run.)
 
 Why the references stay: `<name>_ref` is the plain array expression. It takes its module from
 its inputs, so it is the path for CuPy arrays (and for NumPy arrays that are not C-contiguous,
@@ -27,7 +29,7 @@ macOS (UserWideCacheLocator, through numba's appdirs). If none is writable, numb
 cache=True when the module is imported ("no locator available"); _kernels_nb then compiles
 without a cache, in every process. An entry is keyed by the source file's content hash (not
 its mtime), the signature, the CPU and the numba version. A cold compile of all kernels for
-one dtype takes ~6 s (2 cores), a load from the cache ~0.4 s.
+one dtype takes ~9 s (2 cores), a load from the cache ~0.6 s (make bench, 2026-12-01).
 """
 
 from __future__ import annotations
