@@ -77,6 +77,8 @@ def _sgd_run(p, g, lr, l2, decay):
         p[j] = q - lr * gt
 
 
+# Heavy-ball and Nesterov as two loops rather than one with a flag: no branch in the element
+# loop, whatever the compiler would make of it.
 @_run
 def _heavy_ball_run(p, g, v, lr, l2, gamma, decay):
     for j in range(p.shape[0]):

@@ -388,6 +388,20 @@ def test_standardize_same_at_any_thread_count(threads):
 # --- threads, import, warm-up, on-disk cache -------------------------------------------------
 
 
+@pytest.mark.parametrize("given", [None, "20"])
+def test_import_quiets_spinning_blas_workers_unless_set(given):
+    """`import cifar2l` sets OPENBLAS_THREAD_TIMEOUT=4 before numpy loads OpenBLAS, so idle
+    BLAS threads sleep instead of spinning on the kernels' cores; a user's value stands."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if given:
+        env["OPENBLAS_THREAD_TIMEOUT"] = given
+    code = ("import cifar2l, os, sys; "
+            "print(os.environ['OPENBLAS_THREAD_TIMEOUT'], 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()  # fmt: skip
+    assert out == [given or "4", "False"]
+
+
 def big_update():
     case = update_case(np.float32, (1, 1, kernels.PARALLEL_MIN), False)
     run_update(kernels.update, case, False)
