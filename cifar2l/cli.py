@@ -328,7 +328,11 @@ def _search(config, run_dir, jobs, shard, directory, resume, refine, repeat_best
                                         repeat_best=repeat_best)  # fmt: skip
     if config is None:
         raise ConfigError("search: give a CONFIG, `collect RUN_DIR` or --resume RUN_DIR")
+    if resume is not None and directory is not None:
+        raise ConfigError("search: give --resume RUN_DIR or --dir DIR, not both")
     cfg, text = _load(Path(config), set_, seed)
+    if resume is not None:  # continues a search: one must be there (--dir may start one)
+        search_mod.load_plan(resume)
     return search_mod.run_search(
         cfg, text, config, out, name or Path(config).stem, jobs=jobs, shard=shard,
         directory=resume or directory, refine=refine, collect_after=not no_collect,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -155,13 +156,42 @@ def open_run(out: Path, command: str, name: str, cfg, config_text: str, started=
 
 
 @contextlib.contextmanager
-def start_run(path: Path, command: str, cfg, config_text: str, started=None, fresh=True):
+def dir_lock(path: Path):
+    """Hold an exclusive flock on the directory `path` itself (nothing is written into it);
+    RunError when another process holds it. The operating system releases it when its holder
+    dies, however it dies, so a run killed with SIGKILL can still be resumed."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{path}: another cifar2l process is working in this run "
+                           "directory (training or resuming it); wait for it or stop it") \
+                from None  # fmt: skip
+        except OSError:  # a file system without locks on directories (e.g. NFS): go unlocked
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def start_run(path: Path, command: str, cfg, config_text: str, started=None, fresh=True,
+              locked=False):  # fmt: skip
     """Record config and command in `path`; mark the summary completed, failed or interrupted.
 
     `started` (a perf_counter value) counts work done before the directory existed. An error
     with a `status` attribute (e.g. "diverged") records that status instead of "failed".
     A resumed run (fresh=False) keeps its config.yaml and adds its command to command.txt.
+    The directory is locked (dir_lock) meanwhile, unless the caller holds it (`locked`).
     """
+    with contextlib.nullcontext() if locked else dir_lock(path), \
+            _recorded(path, command, cfg, config_text, started, fresh) as run:  # fmt: skip
+        yield run
+
+
+@contextlib.contextmanager
+def _recorded(path: Path, command: str, cfg, config_text: str, started, fresh: bool):
     run = Run(path, base_summary(command, path, cfg.seed))
     if fresh:
         atomic_write(run.path / "config.yaml", config_text)

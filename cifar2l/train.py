@@ -73,6 +73,7 @@ class Job:
     checkpoint: Path | None = None  # None: a checkpoint only to hand to the caller on a signal
     clock: runs.Clock = field(default_factory=runs.Clock)
     show_rows: bool = True  # console lines of the metric rows (one network's)
+    guard: dict | None = None  # saved with each checkpoint: checkpoint.guard_of
 
 
 def trial_configs(cfg, repeat: int) -> tuple[list, list[int] | None]:
@@ -136,7 +137,7 @@ def checkpointer(job: Job, stack: loop.Stack):
         due = every and t % every == 0 or cycle and t % cycle == 0
         if job.checkpoint is not None and (signum or due):
             with job.clock("io"):
-                checkpoint.save(job.checkpoint, state)
+                checkpoint.save(job.checkpoint, state, job.guard)
         if signum:
             raise checkpoint.Interrupted(checkpoint.take_pending(), state)
 
@@ -201,7 +202,8 @@ def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None,
     summary.json gets `timing`: seconds in the training loop without evaluation (`train`), in
     metric evaluation (`eval`), in data loading and writing files (`io`), and `total`.
     """
-    job = Job([cfg], [run.path], prep, run.path / checkpoint.NAME, clock or runs.Clock())
+    job = Job([cfg], [run.path], prep, run.path / checkpoint.NAME, clock or runs.Clock(),
+              guard=checkpoint.guard_of(cfg, prep))  # fmt: skip
     state = resume
     try:
         with checkpoint.deferred_signals():
@@ -271,7 +273,8 @@ def train_into(run, cfg, prep, config_text: str, clock, repeat: int, resume=None
     dirs = [run.path / "repeats" / f"{k:02d}" for k in range(repeat)]
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
-    job = Job(cfgs, dirs, prep, run.path / checkpoint.NAME, clock, show_rows=False)
+    job = Job(cfgs, dirs, prep, run.path / checkpoint.NAME, clock, show_rows=False,
+              guard=checkpoint.guard_of(cfg, prep))  # fmt: skip
     with checkpoint.deferred_signals():
         state = train_stack(job, resume)
         subs = finish_trials(job, state, share=True)
@@ -356,34 +359,76 @@ def print_repeat(summary: dict) -> None:
 
 def run_resume(run_dir: Path, out=None) -> dict:
     """`train --resume RUN_DIR`: continue an interrupted run (or repeat run) from its
-    checkpoint, in place."""
+    checkpoint, in place.
+
+    Everything is checked before anything is written: the directory is an unfinished train
+    run that no other process is working in, its checkpoint is sound and was trained with this
+    config and this data (checkpoint.verify). A refusal leaves the run exactly as it was.
+    """
     started, clock = time.perf_counter(), runs.Clock()
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise RunError(f"{run_dir}: not a run directory (no config.yaml)")
-    cfg = config_mod.load_config(run_dir / "config.yaml")
-    state, repeat = resume_state(run_dir)
-    prep = prepare(cfg, str(run_dir / "config.yaml"), clock)
-    text = config_mod.dump_yaml(cfg)
-    with runs.start_run(run_dir, "train", cfg, text, started, fresh=False) as run:
-        run.summary["resumed_from_step"] = state.step if state else 0
-        console.log(f"run dir: {run.path}  resuming at update {state.step if state else 0}")
-        final = train_into(run, cfg, prep, text, clock, repeat, resume=state)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run directory")
+    with runs.dir_lock(run_dir):  # held until the run is written: no two resumes at once
+        summary = resumable_run(run_dir)
+        cfg = config_mod.load_config(run_dir / "config.yaml")
+        saved, repeat = resume_state(run_dir, summary)
+        prep = prepare(cfg, str(run_dir / "config.yaml"), clock)
+        if saved is not None:
+            checkpoint.verify(saved, cfg, prep, repeat, run_dir)
+        state, text = saved.state if saved else None, config_mod.dump_yaml(cfg)
+        with runs.start_run(run_dir, "train", cfg, text, started, fresh=False,
+                            locked=True) as run:  # fmt: skip
+            run.summary["resumed_from_step"] = state.step if state else 0
+            console.log(f"run dir: {run.path}  resuming at update {state.step if state else 0}")
+            final = train_into(run, cfg, prep, text, clock, repeat, resume=state)
     show(final, run.summary)
     return run.summary
 
 
-def resume_state(run_dir: Path):
-    """(the run's checkpoint, its number of trials); (None, trials) (start over, in place)
-    for a run stopped before its first checkpoint."""
+def resumable_run(run_dir: Path) -> dict:
+    """The summary of an unfinished `train` run in `run_dir`; RunError for anything else."""
+    if (run_dir / "search.json").is_file():  # search.plan.PLAN (not imported: search imports us)
+        raise RunError(f"{run_dir}: a search directory, not a train run; continue it with "
+                       f"`cifar2l search --resume {run_dir}`")  # fmt: skip
+    if run_dir.parent.name == "trials" and (run_dir.parent.parent / "search.json").is_file():
+        raise RunError(f"{run_dir}: a trial of the search {run_dir.parent.parent}; continue it "
+                       f"with `cifar2l search --resume {run_dir.parent.parent}`")  # fmt: skip
+    summary = read_run_summary(run_dir)
+    command, status = summary.get("command"), summary.get("status")
+    if command != "train":
+        raise RunError(f"{run_dir}: a `{command}` run, not a train run; only train runs resume")
+    if status == "completed":
+        raise RunError(f"{run_dir}: already completed; no checkpoint to resume from, nothing "
+                       "to do")  # fmt: skip
+    if not (run_dir / "config.yaml").is_file():
+        raise RunError(f"{run_dir}: not a run directory (no config.yaml)")
+    return summary
+
+
+def read_run_summary(run_dir: Path) -> dict:
+    path = run_dir / "summary.json"
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{run_dir}: not a run directory (no summary.json)") from None
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path}: unreadable ({type(e).__name__}); cannot tell what run this "
+                       "is or where it stopped, so it is not resumed") from None  # fmt: skip
+    if not isinstance(summary, dict):
+        raise RunError(f"{path}: not a run summary (a JSON {type(summary).__name__})")
+    return summary
+
+
+def resume_state(run_dir: Path, summary: dict):
+    """(the run's checkpoint (checkpoint.Saved), its number of trials); (None, trials) (start
+    over, in place) for a run stopped before its first checkpoint."""
+    trials = summary.get("repeat", 1)
+    if type(trials) is not int or trials < 1:
+        raise RunError(f"{run_dir / 'summary.json'}: repeat: {trials!r} is not a count")
     if (run_dir / checkpoint.NAME).is_file():
-        state = checkpoint.load(run_dir / checkpoint.NAME)
-        return state, len(state.rows)
+        return checkpoint.read(run_dir / checkpoint.NAME), trials
     status = summary.get("status")
     if status != "interrupted":
         raise RunError(f"{run_dir}: no checkpoint to resume from (status {status or 'unknown'})")
-    return None, summary.get("repeat", 1)
+    return None, trials

@@ -93,7 +93,10 @@ def create_search_dir(path: Path, plan: dict, config_text: str) -> bool:
 
     Safe when many shards start at the same moment: the plan is published with os.link, which
     fails for every process but the first. Later arrivals check that their plan is the same.
+    A directory that holds anything else (another run, another command's files) is refused
+    before anything is written into it (`check_search_dir`).
     """
+    check_search_dir(path)
     runs.check_writable(path.parent)
     path.mkdir(parents=True, exist_ok=True)
     (path / "trials").mkdir(exist_ok=True)
@@ -113,6 +116,42 @@ def create_search_dir(path: Path, plan: dict, config_text: str) -> bool:
     runs.atomic_write(path / "config.yaml", config_text)
     runs.write_command(path)
     return True
+
+
+def check_search_dir(path: Path) -> None:
+    """ConfigError unless `path` is free for a search: missing, empty, a search directory
+    (its plan is compared later), or one that a shard starting at the same moment is laying
+    out (an empty trials/ and the plan's temp file, before it is linked)."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"--dir {path}: not a directory")
+    if (path / PLAN).is_file():
+        return
+    try:
+        names = sorted(p.name for p in path.iterdir())
+        trials = path / "trials"
+        if trials.is_dir() and any(trials.iterdir()):
+            names.append("trials/...")
+    except OSError as e:
+        raise ConfigError(f"--dir {path}: cannot be read ({e.strerror})") from None
+    if all(n == "trials" or n.startswith(f".{PLAN}.") for n in names):
+        return
+    raise ConfigError(f"--dir {path}: {what_holds(path, names)}, not a search directory; "
+                      "a search never writes into another run's directory: use a new "
+                      "--dir")  # fmt: skip
+
+
+def what_holds(path: Path, names: list[str]) -> str:
+    """`holds a `train` run` (from its summary.json), else `holds N files (a, b, ...)`."""
+    try:
+        command = json.loads((path / "summary.json").read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        command = None
+    if isinstance(command, str):
+        return f"holds a `{command[:40]}` run"
+    shown = ", ".join(n[:40] for n in names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"holds {len(names)} other entries ({shown})"
 
 
 def load_plan(path: Path) -> dict:

@@ -166,14 +166,37 @@ def resumable(path: Path, trial: dict) -> bool:
     return trial_status(tdir) == "interrupted" and (tdir / checkpoint.NAME).is_file()
 
 
-def open_trial(path: Path, trial: dict, base: dict):
-    """(dir, config, config text, checkpoint state): the interrupted attempt's checkpoint when
-    it left one, else a fresh dir and state None."""
-    if not resumable(path, trial):
-        return (*fresh_trial(path, trial, base), None)
+def open_trial(path: Path, trial: dict, base: dict, cfg, prep):
+    """(dir, config text, checkpoint state): the interrupted attempt's checkpoint when it left
+    a sound one (see `trial_checkpoint`), else a fresh dir and state None."""
     tdir = trial_dir(path, trial["index"])
-    cfg = config_mod.validate(trial_raw(base, trial["params"], trial["init_seed"]), str(tdir))
-    return tdir, cfg, config_mod.dump_yaml(cfg), checkpoint.load(tdir / checkpoint.NAME)
+    state = trial_checkpoint(tdir, trial, cfg, prep) if resumable(path, trial) else None
+    if state is None:
+        fresh_trial(path, trial, base)
+    return tdir, config_mod.dump_yaml(cfg), state
+
+
+def trial_config(base: dict, trial: dict, tdir: Path):
+    return config_mod.validate(trial_raw(base, trial["params"], trial["init_seed"]), str(tdir))
+
+
+def trial_checkpoint(tdir: Path, trial: dict, cfg, prep):
+    """The state of a trial's checkpoint, checked against its config and data (prep None: the
+    trial fails on its data anyway). A damaged one is moved aside with a warning (None: the
+    trial starts again from scratch), so it never blocks the search; one trained on other data
+    or another config is refused (RunError), as `train --resume` refuses it."""
+    file = tdir / checkpoint.NAME
+    try:
+        saved = checkpoint.read(file)
+        if prep is not None:
+            checkpoint.verify(saved, cfg, prep, 1, tdir)
+        return saved.state
+    except checkpoint.CorruptCheckpoint as e:
+        aside = tdir.parent / f"{tdir.name}.{checkpoint.NAME}.corrupt"  # fresh_trial empties tdir
+        os.replace(file, aside)
+        console.warn(f"trial {trial['index']:03d}: {e}; moved to {aside}, the trial starts "
+                     "again from scratch")  # fmt: skip
+        return None
 
 
 def run_claimed(path: Path, trial: dict, base: dict, cache: DataCache) -> str | None:
@@ -183,9 +206,10 @@ def run_claimed(path: Path, trial: dict, base: dict, cache: DataCache) -> str | 
     A resumed trial counts this attempt only, as `train --resume` does.
     """
     clock = runs.Clock()
+    cfg = trial_config(base, trial, trial_dir(path, trial["index"]))
+    prep, error = trial_data(cache, cfg, trial["index"])  # first: the checkpoint is checked on it
     with clock("io"):
-        tdir, cfg, text, state = open_trial(path, trial, base)
-    prep, error = trial_data(cache, cfg, trial["index"])
+        tdir, text, state = open_trial(path, trial, base, cfg, prep)
     started = charged_start(clock.seconds["io"])
     with contextlib.suppress(Exception), runs.start_run(tdir, "train", cfg, text, started,
                                                         fresh=state is None) as run:  # fmt: skip
@@ -335,7 +359,7 @@ def interrupt_group(group: FusedPass, stop) -> None:
                 t, lr = state.diverged[i]
                 raise DivergedError(f"training diverged at step {t} (lr={lr:.6g})")
             mine = state.select([i])
-            checkpoint.save(tdir / checkpoint.NAME, mine)
+            checkpoint.save(tdir / checkpoint.NAME, mine, checkpoint.guard_of(cfg, group.prep))
             runs.write_csv(tdir / "metrics.csv", METRIC_COLUMNS, mine.rows[0])
             raise checkpoint.Interrupted(signum)
     raise checkpoint.Interrupted(signum)
