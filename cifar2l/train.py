@@ -422,13 +422,18 @@ def read_run_summary(run_dir: Path) -> dict:
 
 def resume_state(run_dir: Path, summary: dict):
     """(the run's checkpoint (checkpoint.Saved), its number of trials); (None, trials) (start
-    over, in place) for a run stopped before its first checkpoint."""
-    trials = summary.get("repeat", 1)
-    if type(trials) is not int or trials < 1:
+    over, in place) for a run stopped before its first checkpoint.
+
+    The trials are the summary's `repeat`; a repeat run killed (SIGKILL) before its summary
+    recorded it has only its checkpoint's count to go by (its guard still checks the rest).
+    """
+    trials = summary.get("repeat")
+    if trials is not None and (type(trials) is not int or trials < 1):
         raise RunError(f"{run_dir / 'summary.json'}: repeat: {trials!r} is not a count")
     if (run_dir / checkpoint.NAME).is_file():
-        return checkpoint.read(run_dir / checkpoint.NAME), trials
+        saved = checkpoint.read(run_dir / checkpoint.NAME)
+        return saved, trials or len(saved.state.rows)
     status = summary.get("status")
     if status != "interrupted":
         raise RunError(f"{run_dir}: no checkpoint to resume from (status {status or 'unknown'})")
-    return None, trials
+    return None, trials or 1

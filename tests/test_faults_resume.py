@@ -160,23 +160,37 @@ def search_config(tmp_path: Path, src: Path) -> Path:
     return cfg
 
 
-@pytest.fixture
-def cut_search(tmp_path, official_dir, monkeypatch) -> Path:
-    """A search stopped by SIGTERM at update 25 of its second trial (40 updates a trial)."""
-    with signal_at(monkeypatch, 39 + 25):
-        r = invoke("search", search_config(tmp_path, official_dir), "--dir", tmp_path / "cut",
-                   "-q")  # fmt: skip
+def cut(tmp_path: Path, src: Path, monkeypatch, trial: int) -> Path:
+    """A search stopped by SIGTERM at update 25 of trial `trial` (40 updates a trial)."""
+    with signal_at(monkeypatch, 39 * trial + 25):
+        r = invoke("search", search_config(tmp_path, src), "--dir", tmp_path / "cut", "-q")
     assert r.exit_code == 143, r.output
-    assert (tmp_path / "cut" / "trials" / "001" / checkpoint.NAME).is_file()
+    assert (tmp_path / "cut" / "trials" / f"{trial:03d}" / checkpoint.NAME).is_file()
     return tmp_path / "cut"
 
 
-def test_search_trial_resume_on_other_data_is_refused(tmp_path, official_dir, cut_search,
-                                                      monkeypatch):  # fmt: skip
-    before = files_of(cut_search)
+@pytest.fixture
+def cut_search(tmp_path, official_dir, monkeypatch) -> Path:
+    """A search stopped in its second trial: trial 000 completed, 001 with a checkpoint."""
+    return cut(tmp_path, official_dir, monkeypatch, 1)
+
+
+def test_search_trial_resume_on_other_data_is_refused(tmp_path, official_dir, monkeypatch):
+    search = cut(tmp_path, official_dir, monkeypatch, 0)  # no trial finished: the checkpoint
+    before = files_of(search)  # is all that knows the data
+    monkeypatch.setenv("CIFAR2L_DATA", str(relabelled(official_dir, tmp_path / "other")))
+    r = invoke("search", "--resume", search, "-q")
+    refused(r, 1, before, search, str(search / "trials" / "000"), "train split", "fingerprint")
+
+
+def test_search_resume_on_other_data_than_its_finished_trials_is_refused(tmp_path, official_dir,
+                                                                          cut_search,
+                                                                          monkeypatch):  # fmt: skip
+    (cut_search / "trials" / "001" / checkpoint.NAME).unlink()  # as if killed before it: the
+    before = files_of(cut_search)  # trials still to run would train on the other data
     monkeypatch.setenv("CIFAR2L_DATA", str(relabelled(official_dir, tmp_path / "other")))
     r = invoke("search", "--resume", cut_search, "-q")
-    refused(r, 1, before, cut_search, str(cut_search / "trials" / "001"), "train split")
+    refused(r, 1, before, cut_search, str(cut_search), "trial 000", "mix two datasets")
 
 
 def test_search_trial_resume_with_another_trial_config_is_refused(cut_search):
@@ -402,6 +416,7 @@ def test_a_corrupt_trial_checkpoint_is_set_aside_and_the_trial_restarts(tmp_path
     assert aside.is_file() and str(aside) in warnings[0]
     s = json.loads((trial / "summary.json").read_text())
     assert s["status"] == "completed" and "resumed_from_step" not in s  # from scratch
+    assert "starts again from scratch" in s["restarted"]
     for i in range(3):
         same_outputs(cut_search / f"trials/{i:03d}", tmp_path / f"ref/trials/{i:03d}")
     ok("search", "--resume", cut_search, "-q")  # and nothing blocks a later resume
@@ -468,3 +483,25 @@ def test_search_resume_and_dir_together_are_refused(tmp_path, official_dir, cut_
                "--dir", tmp_path / "elsewhere", "-q")  # fmt: skip
     refused(r, 2, before, cut_search, "--resume", "--dir")
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_corrupt_trial_checkpoint_does_not_block_jobs_workers(cut_search):
+    emptied(cut_search / "trials" / "001" / checkpoint.NAME)
+    s = json.loads(ok("search", "--resume", cut_search, "--jobs", "2", "--json").stdout)
+    assert s["status"] == "completed" and s["completed"] == 3
+    trial = json.loads((cut_search / "trials" / "001" / "summary.json").read_text())
+    assert "unreadable checkpoint" in trial["restarted"]  # the quiet workers' warning, kept
+
+
+def test_repeat_run_killed_before_its_summary_said_repeat_resumes(tmp_path, official_dir,
+                                                                  monkeypatch):  # fmt: skip
+    args = train_args(official_dir, "--repeat", "2")
+    run = interrupted(monkeypatch, tmp_path / "runs", args)
+    summary = json.loads((run / "summary.json").read_text())
+    del summary["repeat"], summary["init_seeds"]  # as a SIGKILL leaves it: no repeat yet
+    (run / "summary.json").write_text(json.dumps(summary))
+    ok("train", *args, "--out", tmp_path / "ref")
+    s = json.loads(ok("train", "--resume", run, "--json").stdout)
+    assert s["status"] == "completed" and s["repeat"] == 2
+    for k in ("00", "01"):
+        same_outputs(run / "repeats" / k, only_dir(tmp_path / "ref") / "repeats" / k)

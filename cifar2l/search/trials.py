@@ -114,22 +114,64 @@ class DataCache:
 
     `seconds` adds up the time spent preparing them: the search's `data` time, charged to no
     trial (else the first trial of a search would carry the data loading of all of them).
+    `check(cfg, prep)`, when given, sees each newly prepared one first (`same_data`).
     """
 
-    def __init__(self):
+    def __init__(self, check=None):
         self._prepared = {}
+        self._check = check
         self.seconds = 0.0
 
+    @staticmethod
+    def key(cfg) -> tuple:
+        return json.dumps(cfg.data.model_dump(), sort_keys=True), cfg.dtype, cfg.seed
+
     def get(self, cfg):
-        key = (json.dumps(cfg.data.model_dump(), sort_keys=True), cfg.dtype, cfg.seed)
+        key = self.key(cfg)
         if key not in self._prepared:
             start = time.perf_counter()
             try:
-                split_rng = make_rngs(cfg.seed)["split"]
-                self._prepared[key] = data.prepare(cfg.data, cfg.dtype, split_rng)
+                prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
+                if self._check is not None:
+                    self._check(cfg, prep)
+                self._prepared[key] = prep
             finally:
                 self.seconds += time.perf_counter() - start
         return self._prepared[key]
+
+
+class DataChanged(RunError):
+    """The data of a resumed search is not the data its finished trials were trained on."""
+
+
+def same_data(path: Path, plan: dict):
+    """check(cfg, prep) for DataCache: DataChanged when a trial of this search that trained on
+    data of the same config recorded other split fingerprints (CIFAR2L_DATA or data.root now
+    point elsewhere): its results and those of the trials still to run would not compare."""
+
+    def check(cfg, prep) -> None:
+        for t in plan["trials"]:
+            prints = recorded_fingerprints(trial_dir(path, t["index"]))
+            if prints and prints != prep.fingerprints and DataCache.key(cfg) == \
+                    DataCache.key(trial_config(plan["config"], t, path)):  # fmt: skip
+                split = next(k for k in [*prep.fingerprints, *prints]
+                             if prep.fingerprints.get(k) != prints.get(k))  # fmt: skip
+                raise DataChanged(f"{path}: the {split} split from {prep.source} is not the "
+                                  f"data trial {t['index']:03d} of this search was trained on "
+                                  f"(fingerprint {prep.fingerprints.get(split)}, the trial's "
+                                  f"{prints.get(split)}); refusing to mix two datasets in "
+                                  "one search: point CIFAR2L_DATA or data.root at its "
+                                  "data")  # fmt: skip
+
+    return check
+
+
+def recorded_fingerprints(tdir: Path) -> dict | None:
+    """The split fingerprints a finished trial's summary records (None: none recorded)."""
+    summary = read_summary(tdir)
+    done = summary.get("data") if isinstance(summary, dict) else None
+    prints = done.get("fingerprints") if isinstance(done, dict) else None
+    return prints if isinstance(prints, dict) else None
 
 
 def trial_data(cache: DataCache, cfg, index: int):
@@ -141,6 +183,8 @@ def trial_data(cache: DataCache, cfg, index: int):
         prep = cache.get(cfg)
         check_batch_size(cfg, prep, f"trial {index}")
         return prep, None
+    except DataChanged:  # every later trial would meet it: the search stops, nothing written
+        raise
     except Exception as e:  # a data or batch-size error fails the trial, not the search
         return None, e
 
@@ -167,13 +211,15 @@ def resumable(path: Path, trial: dict) -> bool:
 
 
 def open_trial(path: Path, trial: dict, base: dict, cfg, prep):
-    """(dir, config text, checkpoint state): the interrupted attempt's checkpoint when it left
-    a sound one (see `trial_checkpoint`), else a fresh dir and state None."""
+    """(dir, config text, checkpoint state, note): the interrupted attempt's checkpoint when it
+    left a sound one (see `trial_checkpoint`), else a fresh dir and state None; the note says
+    why a checkpoint was set aside (else None)."""
     tdir = trial_dir(path, trial["index"])
-    state = trial_checkpoint(tdir, trial, cfg, prep) if resumable(path, trial) else None
+    state, note = trial_checkpoint(tdir, trial, cfg, prep) if resumable(path, trial) else \
+        (None, None)  # fmt: skip
     if state is None:
         fresh_trial(path, trial, base)
-    return tdir, config_mod.dump_yaml(cfg), state
+    return tdir, config_mod.dump_yaml(cfg), state, note
 
 
 def trial_config(base: dict, trial: dict, tdir: Path):
@@ -182,21 +228,22 @@ def trial_config(base: dict, trial: dict, tdir: Path):
 
 def trial_checkpoint(tdir: Path, trial: dict, cfg, prep):
     """The state of a trial's checkpoint, checked against its config and data (prep None: the
-    trial fails on its data anyway). A damaged one is moved aside with a warning (None: the
-    trial starts again from scratch), so it never blocks the search; one trained on other data
-    or another config is refused (RunError), as `train --resume` refuses it."""
+    trial fails on its data anyway), and None. A damaged one is moved aside with a warning
+    (state None and a note: the trial starts again from scratch), so it never blocks the
+    search; one trained on other data or another config is refused (RunError), as `train
+    --resume` refuses it."""
     file = tdir / checkpoint.NAME
     try:
         saved = checkpoint.read(file)
         if prep is not None:
             checkpoint.verify(saved, cfg, prep, 1, tdir)
-        return saved.state
+        return saved.state, None
     except checkpoint.CorruptCheckpoint as e:
         aside = tdir.parent / f"{tdir.name}.{checkpoint.NAME}.corrupt"  # fresh_trial empties tdir
         os.replace(file, aside)
-        console.warn(f"trial {trial['index']:03d}: {e}; moved to {aside}, the trial starts "
-                     "again from scratch")  # fmt: skip
-        return None
+        note = f"{e}; moved to {aside}, the trial starts again from scratch"
+        console.warn(f"trial {trial['index']:03d}: {note}")
+        return None, note
 
 
 def run_claimed(path: Path, trial: dict, base: dict, cache: DataCache) -> str | None:
@@ -209,12 +256,14 @@ def run_claimed(path: Path, trial: dict, base: dict, cache: DataCache) -> str | 
     cfg = trial_config(base, trial, trial_dir(path, trial["index"]))
     prep, error = trial_data(cache, cfg, trial["index"])  # first: the checkpoint is checked on it
     with clock("io"):
-        tdir, text, state = open_trial(path, trial, base, cfg, prep)
+        tdir, text, state, note = open_trial(path, trial, base, cfg, prep)
     started = charged_start(clock.seconds["io"])
     with contextlib.suppress(Exception), runs.start_run(tdir, "train", cfg, text, started,
                                                         fresh=state is None) as run:  # fmt: skip
         if state is not None:
             run.summary["resumed_from_step"] = state.step
+        if note is not None:  # also for --jobs workers, whose warnings --quiet keeps back
+            run.summary["restarted"] = note
         if error is not None:
             raise error
         with console.quiet():
@@ -295,9 +344,10 @@ def run_fused(path: Path, todo: list[dict], base: dict, cache: DataCache) -> lis
     """
     start, data_before = time.perf_counter(), cache.seconds
     group = FusedPass(todo)
+    first = trial_config(base, todo[0], trial_dir(path, todo[0]["index"]))
+    group.prep, group.error = trial_data(cache, first, todo[0]["index"])  # before any writing
     with group.clock("io"):
         group.made = [fresh_trial(path, t, base) for t in todo]
-    group.prep, group.error = trial_data(cache, group.made[0][1], todo[0]["index"])
     start += cache.seconds - data_before  # data preparation is the search's, not the group's
     if group.error is None:
         train_fused(group)
@@ -378,7 +428,7 @@ def run_shard(path: Path, shard: tuple[int, int]) -> dict:
     `ran` (trials), `trials` (their seconds, as in their summaries), `data` (preparing it)."""
     plan = load_plan(path)
     mine = shard_trials(plan["trials"], shard)
-    cache, work = DataCache(), {"workers": 1, "ran": 0, "trials": 0.0}
+    cache, work = DataCache(same_data(path, plan)), {"workers": 1, "ran": 0, "trials": 0.0}
     with console.progress_bar("trials", total=len(mine)) as advance:
         for group in fuse_groups(mine, plan["config"]):
             for trial, status in run_group(path, group, plan["config"], cache):
