@@ -160,7 +160,10 @@ def dir_lock(path: Path):
     """Hold an exclusive flock on the directory `path` itself (nothing is written into it);
     RunError when another process holds it. The operating system releases it when its holder
     dies, however it dies, so a run killed with SIGKILL can still be resumed."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise RunError(f"{path}: cannot open the run directory ({e.strerror})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -397,7 +397,9 @@ def resumable_run(run_dir: Path) -> dict:
     summary = read_run_summary(run_dir)
     command, status = summary.get("command"), summary.get("status")
     if command != "train":
-        raise RunError(f"{run_dir}: a `{command}` run, not a train run; only train runs resume")
+        what = f"a `{str(command)[:40]}` run" if command else "no run's (no command)"
+        raise RunError(f"{run_dir}: its summary.json is {what}, not a train run's; only train "
+                       "runs resume")  # fmt: skip
     if status == "completed":
         raise RunError(f"{run_dir}: already completed; no checkpoint to resume from, nothing "
                        "to do")  # fmt: skip

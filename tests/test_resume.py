@@ -78,8 +78,9 @@ def test_signal_at_a_step_then_resume_is_bitwise_identical(tmp_path, args, refer
 def test_checkpoints_are_written_at_cycle_ends_and_every_n(tmp_path, args, monkeypatch):
     saved = []
     real_save = checkpoint.save
-    monkeypatch.setattr(checkpoint, "save",
-                        lambda p, s, *g: (saved.append(s.step), real_save(p, s, *g)))
+    monkeypatch.setattr(
+        checkpoint, "save", lambda p, s, *g: (saved.append(s.step), real_save(p, s, *g))
+    )
     ok("train", *args, "--set", "train.checkpoint_every=7", "--out", tmp_path / "runs")
     assert saved == [7, 14, 20, 21, 28, 35]  # every 7, plus the cycle end at 20 (40 = the end)
 
