@@ -505,3 +505,11 @@ def test_repeat_run_killed_before_its_summary_said_repeat_resumes(tmp_path, offi
     assert s["status"] == "completed" and s["repeat"] == 2
     for k in ("00", "01"):
         same_outputs(run / "repeats" / k, only_dir(tmp_path / "ref") / "repeats" / k)
+
+
+def test_search_dir_naming_a_file_is_refused(tmp_path, official_dir):
+    f = tmp_path / "a-file"
+    f.write_text("mine\n")
+    r = invoke("search", search_config(tmp_path, official_dir), "--dir", f, "-q")
+    one_error_line(r, 2, f"--dir {f}", "not a directory")
+    assert f.read_text() == "mine\n"
