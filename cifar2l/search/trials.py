@@ -240,7 +240,10 @@ def trial_checkpoint(tdir: Path, trial: dict, cfg, prep):
         return saved.state, None
     except checkpoint.CorruptCheckpoint as e:
         aside = tdir.parent / f"{tdir.name}.{checkpoint.NAME}.corrupt"  # fresh_trial empties tdir
-        os.replace(file, aside)
+        try:
+            os.replace(file, aside)
+        except OSError as why:
+            raise RunError(f"{e}; cannot move it aside to {aside} ({why.strerror})") from None
         note = f"{e}; moved to {aside}, the trial starts again from scratch"
         console.warn(f"trial {trial['index']:03d}: {note}")
         return None, note
