@@ -35,6 +35,7 @@ from .. import console, runs
 from ..errors import ConfigError
 from ..rngs import init_seeds
 from .plan import (
+    FINISHED,
     create_search_dir,
     load_plan,
     make_plan,
@@ -131,4 +132,18 @@ def execute(path: Path, jobs: int, part: tuple[int, int], collect_after: bool,
                 "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
     if repeat_best > 1:
         work["best_repeat"] = retrain_best(path, repeat_best)
-    return collect_and_show(path, started, work)
+    summary = collect_and_show(path, started, work)
+    warn_pending(path)
+    return summary
+
+
+def warn_pending(path: Path) -> None:
+    """Say which trials are still unfinished after this process ran all it could: other
+    processes (shards, workers of another command) hold them now."""
+    total = len(load_plan(path)["trials"])
+    left = [i for i in range(total) if trial_status(trial_dir(path, i)) not in FINISHED]
+    if left:
+        names = ", ".join(f"{i:03d}" for i in left[:10]) + (", ..." if len(left) > 10 else "")
+        console.warn(f"{path}: {len(left)} trial(s) still pending ({names}): other processes "
+                     f"are running them; when they are done: cifar2l search collect {path} "
+                     f"(or cifar2l search --resume {path} to run what is left)")  # fmt: skip

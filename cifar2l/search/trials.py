@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -395,26 +396,62 @@ def fmt_value(v) -> str:
 
 def run_jobs(path: Path, jobs: int) -> None:
     """`jobs` worker processes, each a shard of this search; this command's threads (see
-    threads.py) are split between them, so the workers never oversubscribe the CPUs."""
+    threads.py) are split between them, so the workers never oversubscribe the CPUs.
+
+    A SIGINT/SIGTERM to this process is passed on to the workers, which checkpoint their
+    trials and exit; this one waits for them (no worker outlives it), then stops too."""
     share = str(threads.split(threads.blas_threads() or threads.available_cpus()[0], jobs))
     env = {**os.environ, threads.ENV: share}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "cifar2l", "search", "--resume", str(path),
-                          "--shard", f"{i}/{jobs}", "--no-collect", "--quiet"], env=env)
-        for i in range(jobs)
-    ]  # fmt: skip
+    # The workers' error lines go to files of their own: this command reports one line.
+    with contextlib.ExitStack() as files, checkpoint.deferred_signals():
+        logs = [files.enter_context(tempfile.TemporaryFile("w+")) for _ in range(jobs)]
+        procs = [  # a signal meanwhile is forwarded (watch_workers), not raised
+            subprocess.Popen([sys.executable, "-m", "cifar2l", "search", "--resume", str(path),
+                              "--shard", f"{i}/{jobs}", "--no-collect", "--quiet"], env=env,
+                             stderr=logs[i])
+            for i in range(jobs)
+        ]  # fmt: skip
+        signum = watch_workers(path, procs)
+        if signum is not None:
+            raise checkpoint.Interrupted(signum)
+        check_workers_exit(path, procs, logs)
+
+
+def check_workers_exit(path: Path, procs: list, logs: list) -> None:
+    """A RunError naming the first failed worker's own error line, if any failed."""
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        logs[failed[0]].seek(0)
+        lines = [ln for ln in logs[failed[0]].read().splitlines() if ln.strip()]
+        why = f": {lines[-1]}" if lines else ""
+        raise RunError(f"{path}: {len(failed)} of {len(procs)} worker processes failed "
+                       f"(exit {procs[failed[0]].returncode}{why}); rerun with --resume "
+                       f"{path}")  # fmt: skip
+
+
+def watch_workers(path: Path, procs: list) -> int | None:
+    """Wait for the workers, counting finished trials; return the signal this process got
+    meanwhile (None: none), which was forwarded to every worker still running."""
     total = len(load_plan(path)["trials"])
+    signum = None
     with console.progress_bar("trials", total=total) as advance:
         done = 0
         while any(p.poll() is None for p in procs):
+            if signum is None and (signum := checkpoint.take_pending()) is not None:
+                forward(procs, signum)
             time.sleep(0.5)
             now = count_finished(path, total)
             advance(now - done)
             done = now
-    failed = [p.returncode for p in procs if p.returncode != 0]
-    if failed:
-        raise RunError(f"{path}: {len(failed)} of {jobs} worker processes failed "
-                       f"(exit {failed[0]}); rerun with --resume {path}")  # fmt: skip
+    return signum if signum is not None else checkpoint.take_pending()
+
+
+def forward(procs: list, signum: int) -> None:
+    """Send `signum` to the workers still running (one that just ended is skipped)."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signum)
 
 
 def count_finished(path: Path, total: int) -> int:
