@@ -398,3 +398,22 @@ def test_stale_temp_planted_in_an_interrupted_run_goes_on_resume(tmp_path, src):
     again = subprocess.run([*PY, "train", "--resume", run, "-q"], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert not planted.exists() and hidden(run) == []
+
+
+def test_signal_while_a_fused_group_is_written_writes_every_trial(tmp_path, src):
+    cfg = search_config(tmp_path, src, trials=4, n_s=150)
+    cfg.write_text(cfg.read_text().replace("fuse: 'off'", "fuse: auto"))
+    shared = tmp_path / "shared"
+    proc = subprocess.Popen([*PY, "search", cfg, "--dir", shared, "-q"], stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    # the first trial written: the fused pass is over, the other three are being written
+    wait_for(lambda: (shared / "trials" / "000" / "summary.json").is_file(), proc, "trial 000")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 143, err  # stopped before collecting: --resume collects
+    one_error(err, "interrupted by SIGTERM")
+    statuses = [search.trial_status(search.trial_dir(shared, i)) for i in range(4)]
+    assert statuses == ["completed"] * 4, statuses
+    again = subprocess.run([*PY, "search", "--resume", shared, "--json", "-q"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 0 and json.loads(again.stdout)["ran_here"] == 0, again.stderr

@@ -281,9 +281,12 @@ def run_fused(path: Path, todo: list[dict], base: dict, cache: DataCache) -> lis
     group.seconds = time.perf_counter() - start
     if group.stopped is not None:
         interrupt_group(group, group.stopped)
-    done = [finish_fused(group, i) for i in range(len(todo))]
-    if group.late_signal is not None:  # the pass had finished: its trials are written, stop
-        raise checkpoint.Interrupted(group.late_signal)
+    with checkpoint.deferred_signals():  # a signal while they are written: all are, then stop
+        done = [finish_fused(group, i) for i in range(len(todo))]
+        late = checkpoint.take_pending()
+    late = group.late_signal if group.late_signal is not None else late
+    if late is not None:  # the pass had finished: its trials are written, stop
+        raise checkpoint.Interrupted(late)
     return done
 
 
