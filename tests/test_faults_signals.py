@@ -417,3 +417,33 @@ def test_signal_while_a_fused_group_is_written_writes_every_trial(tmp_path, src)
     again = subprocess.run([*PY, "search", "--resume", shared, "--json", "-q"],
                            capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 0 and json.loads(again.stdout)["ran_here"] == 0, again.stderr
+
+
+# A real SIGTERM just after the run dir is opened, before the stack trains (no checkpoint yet).
+SIGNAL_AT_OPEN = """\
+from cifar2l import console
+real_log = console.log
+def log(message):
+    real_log(message)
+    if str(message).startswith("run dir:"):
+        os.kill(os.getpid(), signal.SIGTERM)
+console.log = log
+"""
+
+
+def test_signal_before_the_first_checkpoint_resumes_as_the_same_repeat(tmp_path, src):
+    args = ["train", *train_args(src, n_s=20), "--repeat", "3"]
+    ok(*args, "--out", tmp_path / "ref")
+    r = subprocess.run(patched(SIGNAL_AT_OPEN, *args, "--out", tmp_path / "runs"),
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 143, r.stderr
+    one_error(r.stderr, "interrupted by SIGTERM")
+    run = only_run(tmp_path / "runs")
+    s = summary(run)
+    assert s["status"] == "interrupted" and s["repeat"] == 3 and not (run / checkpoint.NAME).exists()
+    again = subprocess.run([*PY, "train", "--resume", run, "--json", "-q"], capture_output=True,
+                           text=True)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["repeat"] == 3
+    for k in range(3):
+        same_weights(run / "repeats" / f"{k:02d}", only_run(tmp_path / "ref") / "repeats" / f"{k:02d}")
