@@ -447,3 +447,28 @@ def test_signal_before_the_first_checkpoint_resumes_as_the_same_repeat(tmp_path,
     assert json.loads(again.stdout)["repeat"] == 3
     for k in range(3):
         same_weights(run / "repeats" / f"{k:02d}", only_run(tmp_path / "ref") / "repeats" / f"{k:02d}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
+def test_kill_9_of_search_jobs_stops_its_workers(tmp_path, src):
+    cfg = search_config(tmp_path, src)
+    shared = tmp_path / "cut"
+    with open(tmp_path / "stderr.txt", "w") as f:
+        proc = subprocess.Popen([*PY, "search", cfg, "--dir", shared, "--jobs", "2", "-q"],
+                                stderr=f)  # fmt: skip
+    wait_for(lambda: list(shared.glob(f"trials/*/{checkpoint.NAME}")), proc, "a trial checkpoint")
+    proc.kill()
+    proc.wait(timeout=TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT
+    while processes_naming(str(shared)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = processes_naming(str(shared))
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "workers outlived the search"
+    statuses = [search.trial_status(search.trial_dir(shared, i)) for i in range(4)]
+    assert "interrupted" in statuses and "running" not in statuses, statuses
+    again = subprocess.run([*PY, "search", "--resume", shared, "--json", "-q"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["completed"] == 4

@@ -46,7 +46,7 @@ from .plan import (
     trial_status,
 )
 from .results import collect, collect_and_show, retrain_best
-from .trials import claim, fuse_groups, run_shard, run_workers
+from .trials import claim, follow_parent, fuse_groups, run_shard, run_workers
 
 __all__ = [
     # the `search` command
@@ -123,6 +123,7 @@ def resume_search(path: Path, *, jobs: int = 1, shard: str | None = None,
 
 def execute(path: Path, jobs: int, part: tuple[int, int], collect_after: bool,
             started: float, repeat_best: int = 1) -> dict:  # fmt: skip
+    follow_parent()  # a --jobs worker ends with the command that started it
     workers = f", {jobs} worker processes" if jobs > 1 else ""
     console.log(f"search dir: {path}  shard {part[0]}/{part[1]}{workers}")
     work = run_workers(path, jobs) if jobs > 1 else run_shard(path, part)

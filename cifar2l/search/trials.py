@@ -6,11 +6,13 @@ on its own or a group of them fused into one stack (loop.py), shards in this pro
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -404,7 +406,7 @@ def run_jobs(path: Path, jobs: int) -> None:
     A SIGINT/SIGTERM to this process is passed on to the workers, which checkpoint their
     trials and exit; this one waits for them (no worker outlives it), then stops too."""
     share = str(threads.split(threads.blas_threads() or threads.available_cpus()[0], jobs))
-    env = {**os.environ, threads.ENV: share}
+    env = {**os.environ, threads.ENV: share, WORKER_OF: str(os.getpid())}
     # The workers' error lines go to files of their own: this command reports one line.
     with contextlib.ExitStack() as files, checkpoint.deferred_signals():
         logs = [files.enter_context(tempfile.TemporaryFile("w+")) for _ in range(jobs)]
@@ -430,6 +432,25 @@ def check_workers_exit(path: Path, procs: list, logs: list) -> None:
         raise RunError(f"{path}: {len(failed)} of {len(procs)} worker processes failed "
                        f"(exit {procs[failed[0]].returncode}{why}); rerun with --resume "
                        f"{path}")  # fmt: skip
+
+
+# Set in a --jobs worker's environment: the pid of the command that started it.
+WORKER_OF = "CIFAR2L_WORKER_OF"
+
+
+def follow_parent() -> None:
+    """In a --jobs worker: get SIGTERM (checkpoint, exit) when the command that started it
+    dies, even by kill -9, instead of training on as an orphan (Linux: PR_SET_PDEATHSIG)."""
+    parent = os.environ.pop(WORKER_OF, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if str(os.getppid()) != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def watch_workers(path: Path, procs: list) -> int | None:
