@@ -440,13 +440,15 @@ def test_signal_before_the_first_checkpoint_resumes_as_the_same_repeat(tmp_path,
     one_error(r.stderr, "interrupted by SIGTERM")
     run = only_run(tmp_path / "runs")
     s = summary(run)
-    assert s["status"] == "interrupted" and s["repeat"] == 3 and not (run / checkpoint.NAME).exists()
+    assert s["status"] == "interrupted" and s["repeat"] == 3
+    assert not (run / checkpoint.NAME).exists()
     again = subprocess.run([*PY, "train", "--resume", run, "--json", "-q"], capture_output=True,
                            text=True)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["repeat"] == 3
+    reference = only_run(tmp_path / "ref")
     for k in range(3):
-        same_weights(run / "repeats" / f"{k:02d}", only_run(tmp_path / "ref") / "repeats" / f"{k:02d}")
+        same_weights(run / "repeats" / f"{k:02d}", reference / "repeats" / f"{k:02d}")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")
