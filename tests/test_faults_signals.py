@@ -473,3 +473,23 @@ def test_kill_9_of_search_jobs_stops_its_workers(tmp_path, src):
                            capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["completed"] == 4
+
+
+# ---------------------------------------------------------------- other commands
+
+
+@pytest.mark.parametrize("repeat", [1, 2])
+def test_sigint_during_lrrange_is_one_line_and_marks_it_interrupted(tmp_path, src, repeat):
+    out = tmp_path / "runs"
+    args = [ROOT / "configs" / "lrrange-80.yaml", "--set", f"data.root={src}",
+            "--set", "data.val_size=200", "--set", "lrrange.steps=100000",
+            "--set", "lrrange.lr_max=0.01", "--set", "lrrange.stop_factor=1.0e+9",
+            "--repeat", repeat, "--out", out, "-q"]  # fmt: skip
+    proc = subprocess.Popen([*PY, "lrrange", *map(str, args)], stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: list(out.glob("*/summary.json")), proc, "the sweep")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130, err
+    one_error(err, "interrupted by SIGINT")
+    run = only_run(out)
+    assert summary(run)["status"] == "interrupted" and hidden(run) == []
