@@ -39,40 +39,58 @@ class Interrupted(BaseException):
     status = "interrupted"
 
     def __init__(self, signum: int, state=None):
+        global _stopping
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum, self.state = signum, state  # state: the loop's, where it stopped
         self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM
+        # The command is stopping from here on: a second signal (a second Ctrl-C, a SIGTERM
+        # sent to a whole process group) must not cut short the writing of what was done.
+        _stopping = True
 
 
+# The signal handler's state (a handler can be given none): a signal deferred to the next step
+# boundary, whether signals are deferred now, and whether the command is already stopping.
 _pending: int | None = None
 _deferred = False
+_stopping = False
 
 
 def _handler(signum, frame):
     global _pending
-    if _deferred:
+    if _deferred or _stopping:
         _pending = signum  # the training loop stops at the next step boundary
     else:
         raise Interrupted(signum)
 
 
 def install_handlers() -> None:
+    """Signals interrupt the command (Interrupted), from a clean state (also for the commands
+    that tests run one after another in one process)."""
+    global _pending, _deferred, _stopping
+    _pending, _deferred, _stopping = None, False, False
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _handler)
 
 
 @contextlib.contextmanager
 def deferred_signals():
-    """Inside, a signal only sets a flag (`pending()`); outside it interrupts at once."""
+    """Inside, a signal only sets a flag (`pending()`); outside it interrupts at once. Leaving
+    the block on an exception keeps that exception (an Interrupted with its loop state, an
+    error): a signal that came meanwhile does not replace it."""
     global _deferred, _pending
     before, _deferred = _deferred, True
     try:
         yield
     finally:
         _deferred = before
-        if _pending is not None and not _deferred:
-            signum, _pending = _pending, None
-            raise Interrupted(signum)
+    if _pending is not None and not _deferred and not _stopping:
+        signum, _pending = _pending, None
+        raise Interrupted(signum)
+
+
+def stopping() -> bool:
+    """Whether the command is stopping on a signal (an Interrupted was raised)."""
+    return _stopping
 
 
 def pending() -> int | None:

@@ -128,6 +128,10 @@ def load_dataset(source: Path) -> Dataset:
     """Decode `source` once, then serve it from uint8 .npy files in the cache."""
     source = Path(source)
     folder = cache_dir() / "decoded" / _source_key(source)
+    # Temp dirs of processes killed while writing the cache (runs.is_stale_temp: a pid check on
+    # this machine, an age check for another's); those of live writers, which share the cache,
+    # stay. Wrongly removing one would only cost its writer the cache (_write_cache).
+    runs.remove_stale_temps(folder.parent, recursive=False)
     if folder.exists():
         try:
             return _read_cache(folder)
@@ -175,17 +179,20 @@ def _write_cache(folder: Path, ds: Dataset) -> None:
     tmp = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".tmp.{runs.writer_tag()}."))
         tmp.chmod(0o777 & ~runs.umask())  # mkdtemp makes it 0700; a shared cache must be readable
         for k in _ARRAYS:
             np.save(tmp / f"{k}.npy", getattr(ds, k))
         meta = {k: getattr(ds, k) for k in ("batch_sizes", "classes", "source", "format")}
         (tmp / "meta.json").write_text(json.dumps(meta))
         tmp.rename(folder)
-    except OSError:
+    except BaseException as e:
         # Another process filled the cache first, or it is read-only: the data is in memory.
+        # A signal (or any other error) goes on up, without leaving the half-written copy.
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, OSError):
+            raise
 
 
 # ---------------------------------------------------------------- decoding

@@ -8,9 +8,11 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +48,74 @@ def create_run_dir(root: Path, command: str, name: str) -> Path:
 
 def temp_file(folder: Path, name: str, suffix: str = "") -> tuple[int, str]:
     """An open (fd, path) for a hidden temp file beside `folder / name`, with the permissions
-    of any new file (mkstemp makes it 0600: colleagues on a shared cluster could not read it)."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=suffix)
+    of any new file (mkstemp makes it 0600: colleagues on a shared cluster could not read it).
+    Its name carries its writer (`writer_tag`), so a later start can tell a leftover of a killed
+    process from a file being written right now (`remove_stale_temps`)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{writer_tag()}.", suffix=suffix)
     os.fchmod(fd, 0o666 & ~umask())
     return fd, tmp
+
+
+# Temp files (temp_file) and temp dirs (data.py's cache) are named `.<name>.<host>-<pid>.<8
+# random>[suffix]`, <host> the crc32 of the host name in 8 hex digits.
+TEMP_NAME = re.compile(r"^\..+\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)\.[a-z0-9_]{8}(?:\.\w+)?$")
+# The names mkstemp gave before they carried their writer: `.<name>.<8 random>[suffix]`.
+OLD_TEMP_NAME = re.compile(r"^\.(?:.+\.|tmp-)[a-z0-9_]{8}(?:\.(?:npz|png))?$")
+# A temp file of another machine (a shared file system) is a leftover only when nobody has
+# written to it for this long: a live writer streams into it and renames it within seconds.
+STALE_SECONDS = 3600
+
+
+def writer_tag() -> str:
+    """`<host>-<pid>` of this process, as temp names carry it."""
+    return f"{zlib.crc32(platform.node().encode()):08x}-{os.getpid()}"
+
+
+def is_stale_temp(path: Path, now: float) -> bool:
+    """Whether `path` is a temp file (or dir) left by a process that died before renaming it.
+
+    The pid check: a writer on this machine is stale when its process is gone (a reused pid
+    counts as alive: the file is kept, never wrongly removed). The age check: a writer on
+    another machine, or a name without a writer, is stale after STALE_SECONDS untouched.
+    """
+    m = TEMP_NAME.match(path.name)
+    if m and m["host"] == writer_tag().split("-")[0]:
+        return not pid_alive(int(m["pid"]))
+    if not (m or OLD_TEMP_NAME.match(path.name)):
+        return False  # not one of ours
+    try:
+        return now - newest_mtime(path) > STALE_SECONDS
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def newest_mtime(path: Path) -> float:
+    """The last time anything was written to `path` (a dir: to it or any file in it)."""
+    times = [path.stat().st_mtime]
+    if path.is_dir():
+        times += [p.stat().st_mtime for p in path.iterdir()]
+    return max(times)
+
+
+def remove_stale_temps(folder: Path, recursive: bool = True) -> None:
+    """Remove the temp files and dirs that killed processes left in `folder` (is_stale_temp);
+    those of live writers stay. Never fails: tidying up must not stop a run."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        found = folder.rglob(".*") if recursive else folder.glob(".*")
+        for p in [p for p in found if is_stale_temp(p, now)]:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def umask() -> int:
@@ -196,12 +262,14 @@ def start_run(path: Path, command: str, cfg, config_text: str, started=None, fre
 @contextlib.contextmanager
 def _recorded(path: Path, command: str, cfg, config_text: str, started, fresh: bool):
     run = Run(path, base_summary(command, path, cfg.seed))
-    if fresh:
-        atomic_write(run.path / "config.yaml", config_text)
-    write_command(run.path, append=not fresh)
-    run.save_summary()
     start = time.perf_counter() if started is None else started
-    try:
+    try:  # a signal while the directory is laid out still leaves it marked interrupted
+        if not fresh:
+            remove_stale_temps(run.path)  # of the attempt it resumes, if that was killed
+        if fresh:
+            atomic_write(run.path / "config.yaml", config_text)
+        write_command(run.path, append=not fresh)
+        run.save_summary()
         yield run
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
@@ -215,6 +283,7 @@ def _recorded(path: Path, command: str, cfg, config_text: str, started, fresh: b
     if "timing" in run.summary:
         run.summary["timing"]["total"] = run.summary["seconds"]
     run.save_summary()
+    remove_stale_temps(run.path)  # a finished run keeps no leftovers of killed attempts
 
 
 class Clock:

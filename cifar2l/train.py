@@ -245,6 +245,8 @@ def run_train(cfg, config_text: str, config_path: str, out, name: str, repeat: i
     opened = runs.start_run(into, "train", cfg, config_text, started) if into is not None else \
         runs.open_run(out, "train", name, cfg, config_text, started)  # fmt: skip
     with opened as run:
+        if repeat > 1:  # first: a run interrupted before its first checkpoint resumes as K
+            run.summary["repeat"] = repeat
         sizes = "/".join(str(v) for v in split_sizes(prep).values())
         what = f"{repeat} repeats trained together" if repeat > 1 else f"data: {prep.source} " \
             f"({prep.format}), train/val/test {sizes}"  # fmt: skip
@@ -276,12 +278,25 @@ def train_into(run, cfg, prep, config_text: str, clock, repeat: int, resume=None
     job = Job(cfgs, dirs, prep, run.path / checkpoint.NAME, clock, show_rows=False,
               guard=checkpoint.guard_of(cfg, prep))  # fmt: skip
     with checkpoint.deferred_signals():
-        state = train_stack(job, resume)
+        state = train_repeats(job, resume)
         subs = finish_trials(job, state, share=True)
         checkpoint.take_pending()  # came while finishing: the run is complete anyway
     run.summary.update(repeat_summary(subs, seeds, clock), fused=True, data=data_summary(prep))
     (run.path / checkpoint.NAME).unlink(missing_ok=True)
     return None
+
+
+def train_repeats(job: Job, resume=None) -> loop.TrainState:
+    """train_stack for `--repeat`: a run stopped by a signal (its checkpoint is written) or by
+    a divergence keeps each repeat's metric rows so far in repeats/<k>/metrics.csv, as a
+    single run keeps its own."""
+    try:
+        return train_stack(job, resume)
+    except (checkpoint.Interrupted, DivergedError) as stop:
+        state = getattr(stop, "state", None)
+        for path, rows in zip(job.dirs, state.rows if state else [], strict=False):
+            runs.write_csv(path / "metrics.csv", METRIC_COLUMNS, rows)
+        raise
 
 
 def finish_trials(job: Job, state, share: bool) -> list[dict]:

@@ -35,6 +35,7 @@ from .. import console, runs
 from ..errors import ConfigError
 from ..rngs import init_seeds
 from .plan import (
+    FINISHED,
     create_search_dir,
     load_plan,
     make_plan,
@@ -45,7 +46,7 @@ from .plan import (
     trial_status,
 )
 from .results import collect, collect_and_show, retrain_best
-from .trials import claim, fuse_groups, run_shard, run_workers
+from .trials import claim, follow_parent, fuse_groups, run_shard, run_workers
 
 __all__ = [
     # the `search` command
@@ -122,6 +123,7 @@ def resume_search(path: Path, *, jobs: int = 1, shard: str | None = None,
 
 def execute(path: Path, jobs: int, part: tuple[int, int], collect_after: bool,
             started: float, repeat_best: int = 1) -> dict:  # fmt: skip
+    follow_parent()  # a --jobs worker ends with the command that started it
     workers = f", {jobs} worker processes" if jobs > 1 else ""
     console.log(f"search dir: {path}  shard {part[0]}/{part[1]}{workers}")
     work = run_workers(path, jobs) if jobs > 1 else run_shard(path, part)
@@ -131,4 +133,18 @@ def execute(path: Path, jobs: int, part: tuple[int, int], collect_after: bool,
                 "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
     if repeat_best > 1:
         work["best_repeat"] = retrain_best(path, repeat_best)
-    return collect_and_show(path, started, work)
+    summary = collect_and_show(path, started, work)
+    warn_pending(path)
+    return summary
+
+
+def warn_pending(path: Path) -> None:
+    """Say which trials are still unfinished after this process ran all it could: other
+    processes (shards, workers of another command) hold them now."""
+    total = len(load_plan(path)["trials"])
+    left = [i for i in range(total) if trial_status(trial_dir(path, i)) not in FINISHED]
+    if left:
+        names = ", ".join(f"{i:03d}" for i in left[:10]) + (", ..." if len(left) > 10 else "")
+        console.warn(f"{path}: {len(left)} trial(s) still pending ({names}): other processes "
+                     f"are running them; when they are done: cifar2l search collect {path} "
+                     f"(or cifar2l search --resume {path} to run what is left)")  # fmt: skip

@@ -57,6 +57,7 @@ def collect(path: Path, started: float | None = None, work: dict | None = None) 
     started = begun if started is None else started
     plan = load_plan(path)
     sweep_locks(path)  # left by processes killed while holding a claim
+    runs.remove_stale_temps(path)  # and their half-written files (those of live writers stay)
     search = plan["config"]["search"]
     keys = list(search["space"])
     rows = collect_rows(path)

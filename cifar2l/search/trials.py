@@ -6,13 +6,16 @@ on its own or a group of them fused into one stack (loop.py), shards in this pro
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -357,9 +360,12 @@ def run_fused(path: Path, todo: list[dict], base: dict, cache: DataCache) -> lis
     group.seconds = time.perf_counter() - start
     if group.stopped is not None:
         interrupt_group(group, group.stopped)
-    done = [finish_fused(group, i) for i in range(len(todo))]
-    if group.late_signal is not None:  # the pass had finished: its trials are written, stop
-        raise checkpoint.Interrupted(group.late_signal)
+    with checkpoint.deferred_signals():  # a signal while they are written: all are, then stop
+        done = [finish_fused(group, i) for i in range(len(todo))]
+        late = checkpoint.take_pending()
+    late = group.late_signal if group.late_signal is not None else late
+    if late is not None:  # the pass had finished: its trials are written, stop
+        raise checkpoint.Interrupted(late)
     return done
 
 
@@ -472,26 +478,81 @@ def fmt_value(v) -> str:
 
 def run_jobs(path: Path, jobs: int) -> None:
     """`jobs` worker processes, each a shard of this search; this command's threads (see
-    threads.py) are split between them, so the workers never oversubscribe the CPUs."""
+    threads.py) are split between them, so the workers never oversubscribe the CPUs.
+
+    A SIGINT/SIGTERM to this process is passed on to the workers, which checkpoint their
+    trials and exit; this one waits for them (no worker outlives it), then stops too."""
     share = str(threads.split(threads.blas_threads() or threads.available_cpus()[0], jobs))
-    env = {**os.environ, threads.ENV: share}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "cifar2l", "search", "--resume", str(path),
-                          "--shard", f"{i}/{jobs}", "--no-collect", "--quiet"], env=env)
-        for i in range(jobs)
-    ]  # fmt: skip
+    env = {**os.environ, threads.ENV: share, WORKER_OF: str(os.getpid())}
+    # The workers' error lines go to files of their own: this command reports one line.
+    with contextlib.ExitStack() as files, checkpoint.deferred_signals():
+        logs = [files.enter_context(tempfile.TemporaryFile("w+")) for _ in range(jobs)]
+        procs = [  # a signal meanwhile is forwarded (watch_workers), not raised
+            subprocess.Popen([sys.executable, "-m", "cifar2l", "search", "--resume", str(path),
+                              "--shard", f"{i}/{jobs}", "--no-collect", "--quiet"], env=env,
+                             stderr=logs[i])
+            for i in range(jobs)
+        ]  # fmt: skip
+        signum = watch_workers(path, procs)
+        if signum is not None:
+            raise checkpoint.Interrupted(signum)
+        check_workers_exit(path, procs, logs)
+
+
+def check_workers_exit(path: Path, procs: list, logs: list) -> None:
+    """A RunError naming the first failed worker's own error line, if any failed."""
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        logs[failed[0]].seek(0)
+        lines = [ln for ln in logs[failed[0]].read().splitlines() if ln.strip()]
+        why = f": {lines[-1]}" if lines else ""
+        raise RunError(f"{path}: {len(failed)} of {len(procs)} worker processes failed "
+                       f"(exit {procs[failed[0]].returncode}{why}); rerun with --resume "
+                       f"{path}")  # fmt: skip
+
+
+# Set in a --jobs worker's environment: the pid of the command that started it.
+WORKER_OF = "CIFAR2L_WORKER_OF"
+
+
+def follow_parent() -> None:
+    """In a --jobs worker: get SIGTERM (checkpoint, exit) when the command that started it
+    dies, even by kill -9, instead of training on as an orphan (Linux: PR_SET_PDEATHSIG)."""
+    parent = os.environ.pop(WORKER_OF, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if str(os.getppid()) != parent:  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def watch_workers(path: Path, procs: list) -> int | None:
+    """Wait for the workers, counting finished trials; return the signal this process got
+    meanwhile (None: none), which was forwarded to every worker still running."""
     total = len(load_plan(path)["trials"])
+    signum = None
     with console.progress_bar("trials", total=total) as advance:
         done = 0
         while any(p.poll() is None for p in procs):
+            if signum is None and (signum := checkpoint.take_pending()) is not None:
+                forward(procs, signum)
             time.sleep(0.5)
             now = count_finished(path, total)
             advance(now - done)
             done = now
-    failed = [p.returncode for p in procs if p.returncode != 0]
-    if failed:
-        raise RunError(f"{path}: {len(failed)} of {jobs} worker processes failed "
-                       f"(exit {failed[0]}); rerun with --resume {path}")  # fmt: skip
+    return signum if signum is not None else checkpoint.take_pending()
+
+
+def forward(procs: list, signum: int) -> None:
+    """Send `signum` to the workers still running (one that just ended is skipped)."""
+    for p in procs:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signum)
 
 
 def count_finished(path: Path, total: int) -> int:
