@@ -44,8 +44,16 @@ from .plan import (
     trial_raw,
     trial_status,
 )
-from .results import collect, collect_and_show, retrain_best
-from .trials import claim, fuse_groups, run_shard, run_workers
+from .results import check_outcome, collect, collect_and_show, retrain_best
+from .trials import (
+    check_sources,
+    claim,
+    fuse_groups,
+    retry_failed,
+    run_shard,
+    run_workers,
+    shard_trials,
+)
 
 __all__ = [
     # the `search` command
@@ -98,6 +106,7 @@ def run_search(cfg, config_text: str, source: str, out, name: str, *, jobs: int 
         config_text = config_mod.dump_yaml(cfg)
     started = time.perf_counter()
     plan = make_plan(cfg, source)
+    check_sources(plan)  # missing data: one error, and no search directory
     path = directory or runs.create_run_dir(Path(out), "search", name)
     create_search_dir(path, plan, config_text)
     return execute(path, jobs, parse_shard(shard), collect_after, started, repeat_best)
@@ -115,20 +124,41 @@ def resume_search(path: Path, *, jobs: int = 1, shard: str | None = None,
                   collect_after: bool = True, repeat_best: int = 1) -> dict:  # fmt: skip
     """`search --resume RUN_DIR`: the stored plan, finished trials skipped."""
     started = time.perf_counter()
-    load_plan(path)
+    check_sources(load_plan(path))
     check_workers(jobs, shard)
     return execute(path, jobs, parse_shard(shard), collect_after, started, repeat_best)
 
 
 def execute(path: Path, jobs: int, part: tuple[int, int], collect_after: bool,
             started: float, repeat_best: int = 1) -> dict:  # fmt: skip
+    """Run the trials of shard `part` (or of `jobs` workers), then collect (the whole search
+    only) and raise a RunError when trials failed (check_outcome).
+
+    `collect_after` is false only for the --jobs workers: their parent retries the failed
+    trials before it starts them and reports the failures once, after collecting.
+    """
     workers = f", {jobs} worker processes" if jobs > 1 else ""
     console.log(f"search dir: {path}  shard {part[0]}/{part[1]}{workers}")
+    if collect_after:
+        retried = retry_failed(path, shard_trials(load_plan(path)["trials"], part))
+        if retried:
+            console.log(f"retrying {retried} failed trials")
+    if jobs > 1:
+        check_sources(load_plan(path), load=True)  # decoded once, not by every worker
     work = run_workers(path, jobs) if jobs > 1 else run_shard(path, part)
-    if not collect_after or part != (0, 1):
-        return {"command": "search", "status": "completed", "run_dir": str(path),
-                "shard": f"{part[0]}/{part[1]}", "ran": work["ran"],
-                "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+    if not collect_after:
+        return shard_summary(path, part, work, started)
+    if part != (0, 1):
+        check_outcome(path, part)
+        return shard_summary(path, part, work, started)
     if repeat_best > 1:
         work["best_repeat"] = retrain_best(path, repeat_best)
-    return collect_and_show(path, started, work)
+    summary = collect_and_show(path, started, work)
+    check_outcome(path, part, summary, repeat_best)
+    return summary
+
+
+def shard_summary(path: Path, part: tuple[int, int], work: dict, started: float) -> dict:
+    return {"command": "search", "status": "completed", "run_dir": str(path),
+            "shard": f"{part[0]}/{part[1]}", "ran": work["ran"],
+            "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
