@@ -30,6 +30,7 @@ from .test_search import (
 
 LAMBDA = {"optim.lambda": "{log_uniform: [1.0e-4, 1.0e-1]}"}
 SNAPSHOTS = "train: {snapshots: [10, 20]}\n"
+BY_ENSEMBLE = "  metric: ensemble_val_accuracy\n"
 
 
 def full_disk(*args, **kwargs):
@@ -118,8 +119,8 @@ def test_diverged_trials_are_a_result_not_a_failure(tmp_path, official_dir):
 def test_failed_batch_size_trials_under_jobs_exit_1_with_the_reason(tmp_path, official_dir):
     space = {"train.batch_size": "{choice: [10, 1000]}"}
     cfg = write_config(tmp_path / "s.yaml", official_dir, trials=4, space=space)
-    n_bad = sum(p["train.batch_size"] == 1000
-                for p in search.sample_trials(load_config(cfg).search.space, 4, 0))
+    params = search.sample_trials(load_config(cfg).search.space, 4, 0)
+    n_bad = sum(p["train.batch_size"] == 1000 for p in params)
     assert 0 < n_bad < 4
     result = invoke("search", cfg, "--dir", tmp_path / "d", "--jobs", "2", "-q")
     line = one_error_line(result, 1, f"{n_bad} of 4 trials failed", "train.batch_size",
@@ -134,7 +135,7 @@ def test_shard_with_failed_trials_exits_1_and_names_its_shard(tmp_path, official
     break_training(monkeypatch)
     d = tmp_path / "d"
     one_error_line(invoke("search", cfg, "--dir", d, "--shard", "1/2", "-q"), 1,
-                   "2 of 2 trials of shard 1/2 failed", f"--resume {d} --shard 1/2")
+                   "2 of 2 trials of shard 1/2 failed", f"--resume {d} --shard 1/2")  # fmt: skip
     monkeypatch.undo()
     ok("search", "--resume", d, "--shard", "1/2", "-q")
     assert [search.trial_status(search.trial_dir(d, i)) for i in range(4)] == \
@@ -262,7 +263,7 @@ def test_a_damaged_search_json_is_one_line(finished, plan, command, tmp_path):
 def test_ensemble_metric_with_trials_without_snapshots_is_refused(tmp_path, official_dir):
     cfg = write_config(tmp_path / "s.yaml", official_dir, trials=4, extra=SNAPSHOTS,
                        space={"train.snapshots": "{choice: [null, [10, 20]]}"},
-                       search_extra="  metric: ensemble_val_accuracy\n")  # fmt: skip
+                       search_extra=BY_ENSEMBLE)  # fmt: skip
     one_error_line(invoke("search", cfg, "--out", tmp_path / "runs", "-q"), 2, str(cfg),
                    "search.metric", "ensemble_val_accuracy", "train.snapshots")  # fmt: skip
     assert not (tmp_path / "runs").exists()
@@ -270,7 +271,7 @@ def test_ensemble_metric_with_trials_without_snapshots_is_refused(tmp_path, offi
 
 def test_trials_without_the_metric_rank_last_and_collect_works(tmp_path, official_dir):
     cfg = write_config(tmp_path / "s.yaml", official_dir, trials=3, space=LAMBDA,
-                       extra=SNAPSHOTS, search_extra="  metric: ensemble_val_accuracy\n")
+                       extra=SNAPSHOTS, search_extra=BY_ENSEMBLE)  # fmt: skip
     d = tmp_path / "d"
     ok("search", cfg, "--dir", d, "-q")
     best = summary_of(d)["best"]["trial"]
@@ -293,7 +294,7 @@ def test_refine_by_a_metric_the_earlier_search_lacks_is_one_line(tmp_path, offic
     coarse = write_config(tmp_path / "c.yaml", official_dir, trials=2, space=LAMBDA)
     ok("search", coarse, "--dir", tmp_path / "coarse", "-q")
     fine = write_config(tmp_path / "f.yaml", official_dir, trials=2, space=LAMBDA,
-                        extra=SNAPSHOTS, search_extra="  metric: ensemble_val_accuracy\n")
+                        extra=SNAPSHOTS, search_extra=BY_ENSEMBLE)  # fmt: skip
     one_error_line(invoke("search", fine, "--refine", tmp_path / "coarse", "--out",
                           tmp_path / "runs", "-q"), 1, str(tmp_path / "coarse"),
                    "ensemble_val_accuracy")  # fmt: skip
@@ -313,9 +314,9 @@ def test_refine_space_uses_only_trials_that_have_the_metric(tmp_path):
         target.write_text(json.dumps({**s, "ensemble": {"accuracy": {"val": ens}}}))
     _, info = search.refine_space(space, path, 3, "ensemble_val_accuracy")
     assert info["top_trials"] == [2, 1]
+    plain = fake_search(tmp_path / "e", space, [("completed", 0.5, {"optim.lambda": 1e-3})])
     with pytest.raises(RunError, match="no completed trial has ensemble_val_accuracy"):
-        search.refine_space(space, fake_search(tmp_path / "e", space, [
-            ("completed", 0.5, {"optim.lambda": 1e-3})]), 2, "ensemble_val_accuracy")
+        search.refine_space(space, plain, 2, "ensemble_val_accuracy")
 
 
 def test_refine_from_a_train_run_dir_is_one_line(tmp_path, smoke_args, official_dir):
@@ -326,3 +327,27 @@ def test_refine_from_a_train_run_dir_is_one_line(tmp_path, smoke_args, official_
                    "not a search directory")  # fmt: skip
     assert not (tmp_path / "new").exists()
 
+
+def test_collect_of_a_search_with_failed_trials_exits_1(tmp_path, official_dir, monkeypatch):
+    cfg = write_config(tmp_path / "s.yaml", official_dir, trials=2, space=LAMBDA)
+    with monkeypatch.context() as mp:
+        break_training(mp)
+        invoke("search", cfg, "--dir", tmp_path / "d", "-q")
+    one_error_line(invoke("search", "collect", tmp_path / "d", "-q"), 1, "2 of 2 trials failed",
+                   f"cifar2l search --resume {tmp_path / 'd'}")  # fmt: skip
+    assert statuses(tmp_path / "d") == ["failed", "failed"]  # collect retries nothing
+
+
+def test_best_yaml_of_no_ranked_trial_is_removed(finished):
+    assert (finished / "best.yaml").is_file()
+    for i in range(3):  # every trial's summary lost: nothing is ranked any more
+        (search.trial_dir(finished, i) / "summary.json").write_text("{")
+    s = json.loads(ok("search", "collect", finished, "--json").stdout)
+    assert s["best"] is None and s["pending"] == 3
+    assert not (finished / "best.yaml").exists() and not (finished / "search.png").exists()
+
+
+def test_resume_of_a_finished_search_needs_no_data(finished, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR2L_DATA", str(tmp_path / "nonexistent"))
+    s = json.loads(ok("search", "--resume", finished, "--json").stdout)
+    assert s["status"] == "completed" and s["completed"] == 3

@@ -11,6 +11,12 @@ runs twice at once, and an interrupted one continues from its checkpoint (or run
 lock file is removed when its claim is released, so a finished search leaves none.
 Trials that differ only in per-trial settings train together as one stack of networks (loop.py).
 
+Failures: a trial that fails (its error in its summary) does not stop the others, but the
+command exits 1 naming how many failed and why, and the next command over those trials
+(--resume, the same --dir or shard, but not a --jobs worker) retries them from scratch, once, at
+its start. A diverged trial is a result and is never retried. Missing, unreadable or corrupt data
+is the same for every trial: it stops the search (before any directory, when it is missing).
+
 Time: every trial's summary has `seconds` (the wall time charged to it) and `timing: {train,
 eval, io, total}` with total == seconds >= train + eval + io; a fused trial is charged an equal
 share of its group's pass (see `trials.run_fused`). The search's summary adds the trials up and
@@ -35,6 +41,7 @@ from .. import console, runs
 from ..errors import ConfigError
 from ..rngs import init_seeds
 from .plan import (
+    RESULTS,
     create_search_dir,
     load_plan,
     make_plan,
@@ -57,7 +64,7 @@ from .trials import (
 
 __all__ = [
     # the `search` command
-    "parse_shard", "run_search", "check_workers", "resume_search", "execute",
+    "parse_shard", "run_search", "check_workers", "resume_search", "execute", "collect_command",
     # re-exported for the CLI, benchmarks/bench.py and the tests
     "init_seeds", "sample_trials", "trial_raw", "make_plan", "refine_space",
     "create_search_dir", "load_plan", "trial_dir", "trial_status", "claim", "fuse_groups",
@@ -106,7 +113,8 @@ def run_search(cfg, config_text: str, source: str, out, name: str, *, jobs: int 
         config_text = config_mod.dump_yaml(cfg)
     started = time.perf_counter()
     plan = make_plan(cfg, source)
-    check_sources(plan)  # missing data: one error, and no search directory
+    if directory is None or not directory.exists():
+        check_sources(plan)  # missing data: one error, and no search directory
     path = directory or runs.create_run_dir(Path(out), "search", name)
     create_search_dir(path, plan, config_text)
     return execute(path, jobs, parse_shard(shard), collect_after, started, repeat_best)
@@ -122,9 +130,10 @@ def check_workers(jobs: int, shard: str | None) -> None:
 
 def resume_search(path: Path, *, jobs: int = 1, shard: str | None = None,
                   collect_after: bool = True, repeat_best: int = 1) -> dict:  # fmt: skip
-    """`search --resume RUN_DIR`: the stored plan, finished trials skipped."""
+    """`search --resume RUN_DIR`: the stored plan; completed and diverged trials are skipped,
+    failed ones retried (execute)."""
     started = time.perf_counter()
-    check_sources(load_plan(path))
+    load_plan(path)
     check_workers(jobs, shard)
     return execute(path, jobs, parse_shard(shard), collect_after, started, repeat_best)
 
@@ -139,12 +148,7 @@ def execute(path: Path, jobs: int, part: tuple[int, int], collect_after: bool,
     """
     workers = f", {jobs} worker processes" if jobs > 1 else ""
     console.log(f"search dir: {path}  shard {part[0]}/{part[1]}{workers}")
-    if collect_after:
-        retried = retry_failed(path, shard_trials(load_plan(path)["trials"], part))
-        if retried:
-            console.log(f"retrying {retried} failed trials")
-    if jobs > 1:
-        check_sources(load_plan(path), load=True)  # decoded once, not by every worker
+    prepare(path, jobs, part, retry=collect_after)
     work = run_workers(path, jobs) if jobs > 1 else run_shard(path, part)
     if not collect_after:
         return shard_summary(path, part, work, started)
@@ -155,6 +159,26 @@ def execute(path: Path, jobs: int, part: tuple[int, int], collect_after: bool,
         work["best_repeat"] = retrain_best(path, repeat_best)
     summary = collect_and_show(path, started, work)
     check_outcome(path, part, summary, repeat_best)
+    return summary
+
+
+def prepare(path: Path, jobs: int, part: tuple[int, int], retry: bool) -> None:
+    """Before the trials of shard `part`: check that the data is there when any trial still
+    needs it (a finished search collects without it), then make its failed trials pending."""
+    plan = load_plan(path)
+    mine = shard_trials(plan["trials"], part)
+    if any(trial_status(trial_dir(path, t["index"])) not in RESULTS for t in mine):
+        check_sources(plan, load=jobs > 1)  # with --jobs: decoded once, not by every worker
+    if retry:
+        retried = retry_failed(path, mine)
+        if retried:
+            console.log(f"retrying {retried} failed trials")
+
+
+def collect_command(path: Path) -> dict:
+    """`search collect DIR`: merge what has finished; exit 1 (RunError) when trials failed."""
+    summary = collect_and_show(path)
+    check_outcome(path, (0, 1), summary)
     return summary
 
 

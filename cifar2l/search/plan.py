@@ -20,6 +20,7 @@ from ..rngs import init_seeds
 
 PLAN = "search.json"
 FINISHED = ("completed", "failed", "diverged")
+RESULTS = ("completed", "diverged")  # finished for good: a failed trial is retried (trials.py)
 METRICS = get_args(config_mod.SearchConfig.model_fields["metric"].annotation)
 
 

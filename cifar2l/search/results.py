@@ -141,8 +141,11 @@ def trial_list(trials: list[int]) -> str:
 
 def write_best(path: Path, done: list[dict], search: dict) -> dict | None:
     """best.yaml (the config of the best of the ranked completed trials `done`, under a header)
-    and search.png; return the best trial's row, None when no trial completed."""
+    and search.png; return the best trial's row, None when no trial completed (then an
+    earlier collect's best.yaml and search.png, now of no ranked trial, are removed)."""
     if not done:
+        for stale in (path / "best.yaml", path / "search.png"):
+            stale.unlink(missing_ok=True)
         return None
     best = done[0]
     best_cfg = (trial_dir(path, best["trial"]) / "config.yaml").read_text()
