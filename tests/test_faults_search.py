@@ -351,3 +351,11 @@ def test_resume_of_a_finished_search_needs_no_data(finished, tmp_path, monkeypat
     monkeypatch.setenv("CIFAR2L_DATA", str(tmp_path / "nonexistent"))
     s = json.loads(ok("search", "--resume", finished, "--json").stdout)
     assert s["status"] == "completed" and s["completed"] == 3
+
+
+def test_resume_of_a_search_whose_trials_folder_is_gone_reruns_them(finished):
+    shutil.rmtree(finished / "trials")
+    s = json.loads(ok("search", "collect", finished, "--json").stdout)
+    assert s["pending"] == 3
+    ok("search", "--resume", finished, "-q")
+    assert statuses(finished) == ["completed"] * 3

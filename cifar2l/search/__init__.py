@@ -166,6 +166,7 @@ def prepare(path: Path, jobs: int, part: tuple[int, int], retry: bool) -> None:
     """Before the trials of shard `part`: check that the data is there when any trial still
     needs it (a finished search collects without it), then make its failed trials pending."""
     plan = load_plan(path)
+    (path / "trials").mkdir(exist_ok=True)  # the claims' lock files live there
     mine = shard_trials(plan["trials"], part)
     if any(trial_status(trial_dir(path, t["index"])) not in RESULTS for t in mine):
         check_sources(plan, load=jobs > 1)  # with --jobs: decoded once, not by every worker
