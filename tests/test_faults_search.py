@@ -359,3 +359,13 @@ def test_resume_of_a_search_whose_trials_folder_is_gone_reruns_them(finished):
     assert s["pending"] == 3
     ok("search", "--resume", finished, "-q")
     assert statuses(finished) == ["completed"] * 3
+
+
+def test_a_completed_trial_without_its_config_counts_as_pending(finished):
+    best = summary_of(finished)["best"]["trial"]
+    (search.trial_dir(finished, best) / "config.yaml").unlink()
+    result = ok("search", "collect", finished)
+    assert f"trial {best:03d}: config.yaml missing" in result.stderr
+    assert summary_of(finished)["best"]["trial"] != best
+    ok("search", "--resume", finished, "-q")
+    assert summary_of(finished)["best"]["trial"] == best

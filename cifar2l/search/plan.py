@@ -191,6 +191,8 @@ def read_summary(tdir: Path) -> tuple[dict | None, str]:
                   dig(s, "best_val_accuracy"))  # fmt: skip
     if s["status"] == "completed" and None in accuracies:
         return None, "summary.json damaged (completed without its accuracies)"
+    if s["status"] == "completed" and not (tdir / "config.yaml").is_file():
+        return None, "config.yaml missing (best.yaml and --repeat-best copy it)"
     return s, ""
 
 
