@@ -361,11 +361,12 @@ def test_resume_of_a_search_whose_trials_folder_is_gone_reruns_them(finished):
     assert statuses(finished) == ["completed"] * 3
 
 
-def test_a_completed_trial_without_its_config_counts_as_pending(finished):
+def test_best_yaml_and_repeat_best_when_the_best_trial_lost_its_config(finished):
     best = summary_of(finished)["best"]["trial"]
+    before = (search.trial_dir(finished, best) / "config.yaml").read_text()
     (search.trial_dir(finished, best) / "config.yaml").unlink()
-    result = ok("search", "collect", finished)
-    assert f"trial {best:03d}: config.yaml missing" in result.stderr
-    assert summary_of(finished)["best"]["trial"] != best
-    ok("search", "--resume", finished, "-q")
-    assert summary_of(finished)["best"]["trial"] == best
+    (finished / "best.yaml").unlink()
+    ok("search", "collect", finished, "-q")
+    assert (finished / "best.yaml").read_text().endswith("\n" + before)  # rebuilt from the plan
+    s = json.loads(ok("search", "--resume", finished, "--repeat-best", "2", "--json").stdout)
+    assert s["best_repeat"]["trial"] == best and s["best_repeat"]["repeat"] == 2

@@ -169,6 +169,18 @@ def plan_problem(plan) -> str:
 # ---------------------------------------------------------------- trials on disk
 
 
+def trial_config(path: Path, index: int) -> str:
+    """A trial's config.yaml; rebuilt from the plan when it is lost (the same text: the trial
+    wrote dump_yaml of this config)."""
+    try:
+        return (trial_dir(path, index) / "config.yaml").read_text()
+    except (OSError, ValueError):
+        plan = load_plan(path)
+        t = plan["trials"][index]
+        raw = trial_raw(plan["config"], t["params"], t["init_seed"])
+        return config_mod.dump_yaml(config_mod.validate(raw, str(path / PLAN)))
+
+
 def trial_dir(path: Path, index: int) -> Path:
     return path / "trials" / f"{index:03d}"
 
@@ -191,8 +203,6 @@ def read_summary(tdir: Path) -> tuple[dict | None, str]:
                   dig(s, "best_val_accuracy"))  # fmt: skip
     if s["status"] == "completed" and None in accuracies:
         return None, "summary.json damaged (completed without its accuracies)"
-    if s["status"] == "completed" and not (tdir / "config.yaml").is_file():
-        return None, "config.yaml missing (best.yaml and --repeat-best copy it)"
     return s, ""
 
 

@@ -16,7 +16,7 @@ from .. import config as config_mod
 from .. import console, plots, runs
 from ..errors import RunError
 from ..train import run_repeat
-from .plan import FINISHED, collect_rows, load_plan, rankable, trial_dir
+from .plan import FINISHED, collect_rows, load_plan, rankable, trial_config, trial_dir
 from .trials import fmt_value, shard_trials, sweep_locks
 
 # ---------------------------------------------------------------- collect
@@ -148,7 +148,7 @@ def write_best(path: Path, done: list[dict], search: dict) -> dict | None:
             stale.unlink(missing_ok=True)
         return None
     best = done[0]
-    best_cfg = (trial_dir(path, best["trial"]) / "config.yaml").read_text()
+    best_cfg = trial_config(path, best["trial"])
     runs.atomic_write(path / "best.yaml", best_yaml_header(path, best, search) + best_cfg)
     plots.search_scatter(done, search, path / "search.png")
     return best
@@ -197,10 +197,11 @@ def retrain_best(path: Path, repeat: int) -> float:
     start = time.perf_counter()
     shutil.rmtree(path / BEST_REPEAT, ignore_errors=True)  # another trial's, or unfinished
     source = trial_dir(path, done[0]["trial"]) / "config.yaml"
-    cfg = config_mod.load_config(source)
+    text = trial_config(path, done[0]["trial"])
+    cfg = config_mod.validate(config_mod.parse_yaml(text, str(source)), str(source))
     console.log(f"retraining the best trial ({done[0]['trial']:03d}) over {repeat} seeds")
     with console.quiet():  # its table prints with the search's results (collect_and_show)
-        run_repeat(cfg, source.read_text(), str(source), path, "best", repeat,
+        run_repeat(cfg, text, str(source), path, "best", repeat,
                    into=path / BEST_REPEAT)  # fmt: skip
     return time.perf_counter() - start
 
@@ -210,8 +211,7 @@ def best_repeat(path: Path, best: dict) -> dict | None:
     target = path / BEST_REPEAT
     try:
         s = json.loads((target / "summary.json").read_text())
-        same = (target / "config.yaml").read_text() == \
-            (trial_dir(path, best["trial"]) / "config.yaml").read_text()  # fmt: skip
+        same = (target / "config.yaml").read_text() == trial_config(path, best["trial"])
         if s.get("status") != "completed" or not same:
             return None
         return {"run_dir": str(target), "trial": best["trial"], "repeat": s["repeat"],
