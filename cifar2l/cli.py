@@ -319,7 +319,7 @@ def _search(config, run_dir, jobs, shard, directory, resume, refine, repeat_best
         if run_dir is None:
             raise ConfigError("search collect: give the search directory, e.g. "
                               "cifar2l search collect runs/coarse")  # fmt: skip
-        return search_mod.collect_and_show(run_dir)
+        return search_mod.collect_command(run_dir)
     if run_dir is not None:
         raise ConfigError(f"unexpected argument {str(run_dir)!r} (only `collect` takes one)")
     if resume is not None and config is None:

@@ -533,7 +533,8 @@ def test_failed_and_diverged_trials_are_recorded(tmp_path, official_dir):
                 "diverged" if p["schedule.eta_max"] > 1 else "completed" for p in params]
     assert {"failed", "diverged", "completed"} <= set(expected), expected  # the seed covers all
 
-    result = ok("search", cfg, "--out", tmp_path / "runs")
+    result = invoke("search", cfg, "--out", tmp_path / "runs")
+    assert result.exit_code == 1  # failed trials (not diverged ones): exit 1, --resume retries
     run = only_dir(tmp_path / "runs")
     rows = {int(r["trial"]): r for r in results(run)}
     assert [rows[i]["status"] for i in range(4)] == expected
@@ -548,8 +549,8 @@ def test_failed_and_diverged_trials_are_recorded(tmp_path, official_dir):
     n_done = expected.count("completed")
     assert ranked[:n_done] == ["completed"] * n_done  # finished trials rank first
     s = summary_of(run)
-    assert s["status"] == "completed"
-    assert s["completed"] == n_done and s["failed"] == 4 - n_done
+    assert s["status"] == "failed"
+    assert s["completed"] == n_done and s["failed"] == expected.count("failed")
     assert s["diverged"] == expected.count("diverged")
     assert expected[s["best"]["trial"]] == "completed"
     assert len(trial_lines(result.stderr)) == 4

@@ -11,6 +11,12 @@ runs twice at once, and an interrupted one continues from its checkpoint (or run
 lock file is removed when its claim is released, so a finished search leaves none.
 Trials that differ only in per-trial settings train together as one stack of networks (loop.py).
 
+Failures: a trial that fails (its error in its summary) does not stop the others, but the
+command exits 1 naming how many failed and why, and the next command over those trials
+(--resume, the same --dir or shard, but not a --jobs worker) retries them from scratch, once, at
+its start. A diverged trial is a result and is never retried. Missing, unreadable or corrupt data
+is the same for every trial: it stops the search (before any directory, when it is missing).
+
 Time: every trial's summary has `seconds` (the wall time charged to it) and `timing: {train,
 eval, io, total}` with total == seconds >= train + eval + io; a fused trial is charged an equal
 share of its group's pass (see `trials.run_fused`). The search's summary adds the trials up and
@@ -36,6 +42,7 @@ from ..errors import ConfigError
 from ..rngs import init_seeds
 from .plan import (
     FINISHED,
+    RESULTS,
     create_search_dir,
     load_plan,
     make_plan,
@@ -45,12 +52,21 @@ from .plan import (
     trial_raw,
     trial_status,
 )
-from .results import collect, collect_and_show, retrain_best
-from .trials import claim, follow_parent, fuse_groups, run_shard, run_workers
+from .results import check_outcome, collect, collect_and_show, retrain_best
+from .trials import (
+    check_sources,
+    claim,
+    follow_parent,
+    fuse_groups,
+    retry_failed,
+    run_shard,
+    run_workers,
+    shard_trials,
+)
 
 __all__ = [
     # the `search` command
-    "parse_shard", "run_search", "check_workers", "resume_search", "execute",
+    "parse_shard", "run_search", "check_workers", "resume_search", "execute", "collect_command",
     # re-exported for the CLI, benchmarks/bench.py and the tests
     "init_seeds", "sample_trials", "trial_raw", "make_plan", "refine_space",
     "create_search_dir", "load_plan", "trial_dir", "trial_status", "claim", "fuse_groups",
@@ -99,6 +115,8 @@ def run_search(cfg, config_text: str, source: str, out, name: str, *, jobs: int 
         config_text = config_mod.dump_yaml(cfg)
     started = time.perf_counter()
     plan = make_plan(cfg, source)
+    if directory is None or not directory.exists():
+        check_sources(plan)  # missing data: one error, and no search directory
     path = directory or runs.create_run_dir(Path(out), "search", name)
     create_search_dir(path, plan, config_text)
     return execute(path, jobs, parse_shard(shard), collect_after, started, repeat_best)
@@ -114,7 +132,8 @@ def check_workers(jobs: int, shard: str | None) -> None:
 
 def resume_search(path: Path, *, jobs: int = 1, shard: str | None = None,
                   collect_after: bool = True, repeat_best: int = 1) -> dict:  # fmt: skip
-    """`search --resume RUN_DIR`: the stored plan, finished trials skipped."""
+    """`search --resume RUN_DIR`: the stored plan; completed and diverged trials are skipped,
+    failed ones retried (execute)."""
     started = time.perf_counter()
     load_plan(path)
     check_workers(jobs, shard)
@@ -123,19 +142,55 @@ def resume_search(path: Path, *, jobs: int = 1, shard: str | None = None,
 
 def execute(path: Path, jobs: int, part: tuple[int, int], collect_after: bool,
             started: float, repeat_best: int = 1) -> dict:  # fmt: skip
+    """Run the trials of shard `part` (or of `jobs` workers), then collect (the whole search
+    only) and raise a RunError when trials failed (check_outcome).
+
+    `collect_after` is false only for the --jobs workers: their parent retries the failed
+    trials before it starts them and reports the failures once, after collecting.
+    """
     follow_parent()  # a --jobs worker ends with the command that started it
     workers = f", {jobs} worker processes" if jobs > 1 else ""
     console.log(f"search dir: {path}  shard {part[0]}/{part[1]}{workers}")
+    prepare(path, jobs, part, retry=collect_after)
     work = run_workers(path, jobs) if jobs > 1 else run_shard(path, part)
-    if not collect_after or part != (0, 1):
-        return {"command": "search", "status": "completed", "run_dir": str(path),
-                "shard": f"{part[0]}/{part[1]}", "ran": work["ran"],
-                "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
+    if not collect_after:
+        return shard_summary(path, part, work, started)
+    if part != (0, 1):
+        check_outcome(path, part)
+        return shard_summary(path, part, work, started)
     if repeat_best > 1:
         work["best_repeat"] = retrain_best(path, repeat_best)
     summary = collect_and_show(path, started, work)
     warn_pending(path)
+    check_outcome(path, part, summary, repeat_best)
     return summary
+
+
+def prepare(path: Path, jobs: int, part: tuple[int, int], retry: bool) -> None:
+    """Before the trials of shard `part`: check that the data is there when any trial still
+    needs it (a finished search collects without it), then make its failed trials pending."""
+    plan = load_plan(path)
+    (path / "trials").mkdir(exist_ok=True)  # the claims' lock files live there
+    mine = shard_trials(plan["trials"], part)
+    if any(trial_status(trial_dir(path, t["index"])) not in RESULTS for t in mine):
+        check_sources(plan, load=jobs > 1)  # with --jobs: decoded once, not by every worker
+    if retry:
+        retried = retry_failed(path, mine)
+        if retried:
+            console.log(f"retrying {retried} failed trials")
+
+
+def collect_command(path: Path) -> dict:
+    """`search collect DIR`: merge what has finished; exit 1 (RunError) when trials failed."""
+    summary = collect_and_show(path)
+    check_outcome(path, (0, 1), summary)
+    return summary
+
+
+def shard_summary(path: Path, part: tuple[int, int], work: dict, started: float) -> dict:
+    return {"command": "search", "status": "completed", "run_dir": str(path),
+            "shard": f"{part[0]}/{part[1]}", "ran": work["ran"],
+            "seconds": round(time.perf_counter() - started, 3)}  # fmt: skip
 
 
 def warn_pending(path: Path) -> None:

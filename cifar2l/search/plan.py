@@ -6,8 +6,10 @@ and results row of each trial on disk.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
@@ -18,6 +20,8 @@ from ..rngs import init_seeds
 
 PLAN = "search.json"
 FINISHED = ("completed", "failed", "diverged")
+RESULTS = ("completed", "diverged")  # finished for good: a failed trial is retried (trials.py)
+METRICS = get_args(config_mod.SearchConfig.model_fields["metric"].annotation)
 
 
 # ---------------------------------------------------------------- sampling
@@ -65,18 +69,33 @@ def make_plan(cfg, source: str) -> dict:
     base = cfg.to_dict()
     values = sample_trials(search.space, search.trials, search.seed)
     seeds = init_seeds(search.seed, search.trials)
-    for params, seed in zip(values, seeds, strict=True):  # every trial valid, before any work
-        config_mod.validate(trial_raw(base, params, seed), f"{source} (search.space)")
+    for i, (params, seed) in enumerate(zip(values, seeds, strict=True)):  # before any work
+        trial = config_mod.validate(trial_raw(base, params, seed), f"{source} (search.space)")
+        check_metric(trial, search.metric, source, i)
     trials = [{"index": i, "params": p, "init_seed": s}
               for i, (p, s) in enumerate(zip(values, seeds, strict=True))]  # fmt: skip
     return {"version": 1, "config": base, "refined_from": refined, "trials": trials}
 
 
+def check_metric(trial, metric: str, source: str, index: int) -> None:
+    """Every trial must be able to have the ranking metric: a trial without snapshots has no
+    ensemble accuracy, and ranking it anyway would compare it with nothing (config.py checks
+    the base config; the searched values may take the snapshots away)."""
+    if metric == "ensemble_val_accuracy" and not trial.train.snapshots:
+        raise ConfigError(f"{source}: search.metric: ensemble_val_accuracy needs "
+                          f"train.snapshots in every trial; trial {index:03d} of "
+                          "search.space has none")  # fmt: skip
+
+
 def refine_space(space: dict, run_dir: Path, top: int, metric: str) -> tuple[dict, dict]:
-    """Narrow each (log-)uniform range to the span of the best `top` trials of an earlier run."""
-    rows = [r for r in collect_rows(run_dir) if r["status"] == "completed"]
-    best = sorted(rows, key=lambda r: (-r[metric], r["trial"]))[:top]
+    """Narrow each (log-)uniform range to the span of the best `top` trials of an earlier run
+    (by `metric`: trials without it, e.g. without snapshots, cannot be among the best)."""
+    rows = collect_rows(run_dir, metric)
+    best = [r for r in rows if rankable(r, metric)][:top]
     if not best:
+        if any(r["status"] == "completed" for r in rows):
+            raise RunError(f"{run_dir}: no completed trial has {metric} (search.metric) to "
+                           "refine from")  # fmt: skip
         raise RunError(f"{run_dir}: no completed trials to refine from")
     new, ranges = dict(space), {}
     for key, dist in space.items():
@@ -156,51 +175,119 @@ def what_holds(path: Path, names: list[str]) -> str:
 
 def load_plan(path: Path) -> dict:
     try:
-        return json.loads((path / PLAN).read_text())
+        plan = json.loads((path / PLAN).read_bytes())
     except FileNotFoundError:
         raise RunError(f"{path}: not a search directory (no {PLAN})") from None
     except (OSError, ValueError) as e:
         raise RunError(f"{path / PLAN}: unreadable ({e})") from None
+    problem = plan_problem(plan)
+    if problem:
+        raise RunError(f"{path / PLAN}: not a search plan ({problem})")
+    return plan
+
+
+def plan_problem(plan) -> str:
+    """What is wrong with the shape of a loaded plan, "" when nothing: a damaged or foreign
+    search.json must be one clear error, not a KeyError deep in collect."""
+    config = plan.get("config") if isinstance(plan, dict) else None
+    search = config.get("search") if isinstance(config, dict) else None
+    if not isinstance(search, dict):
+        return "no config.search section"
+    if search.get("metric") not in METRICS or not isinstance(search.get("space"), dict):
+        return "config.search needs a known metric and a space"
+    trials = plan.get("trials")
+    if not isinstance(trials, list) or not trials:
+        return "no trials"
+    for i, t in enumerate(trials):
+        ok = isinstance(t, dict) and t.get("index") == i and isinstance(t.get("params"), dict)
+        if not (ok and isinstance(t.get("init_seed"), int)):
+            return f"trial {i} is not {{index: {i}, params, init_seed}}"
+    return ""
 
 
 # ---------------------------------------------------------------- trials on disk
+
+
+def trial_config(path: Path, index: int) -> str:
+    """A trial's config.yaml; rebuilt from the plan when it is lost (the same text: the trial
+    wrote dump_yaml of this config)."""
+    try:
+        return (trial_dir(path, index) / "config.yaml").read_text()
+    except (OSError, ValueError):
+        plan = load_plan(path)
+        t = plan["trials"][index]
+        raw = trial_raw(plan["config"], t["params"], t["init_seed"])
+        return config_mod.dump_yaml(config_mod.validate(raw, str(path / PLAN)))
 
 
 def trial_dir(path: Path, index: int) -> Path:
     return path / "trials" / f"{index:03d}"
 
 
-def trial_status(tdir: Path) -> str | None:
+def read_summary(tdir: Path) -> tuple[dict | None, str]:
+    """(a trial's summary, "") or (None, why it is unusable; "" when it has none yet).
+
+    A damaged summary (corrupt, not an object, completed without its accuracies) counts as no
+    summary: the trial is pending and runs again, and collect reports why.
+    """
     try:
-        return json.loads((tdir / "summary.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
+        s = json.loads((tdir / "summary.json").read_bytes())
+    except FileNotFoundError:  # not started yet, or a run dir that lost its summary
+        return None, "summary.json missing" if (tdir / "config.yaml").exists() else ""
+    except (OSError, ValueError) as e:  # also UnicodeDecodeError
+        return None, f"summary.json unreadable ({str(e)[:80]})"
+    if not isinstance(s, dict) or not isinstance(s.get("status"), str):
+        return None, "summary.json unreadable (not a run summary)"
+    accuracies = (dig(s, "accuracy", "val"), dig(s, "accuracy", "train"),
+                  dig(s, "best_val_accuracy"))  # fmt: skip
+    if s["status"] == "completed" and None in accuracies:
+        return None, "summary.json damaged (completed without its accuracies)"
+    return s, ""
 
 
-def collect_rows(path: Path) -> list[dict]:
-    """One row per trial of the plan, ranked: completed by the metric, then the rest by index."""
+def dig(obj, *keys):
+    """The finite number at obj[k1][k2]..., None when a level or the number is missing."""
+    for key in keys:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    number = isinstance(obj, (int, float)) and not isinstance(obj, bool)
+    return obj if number and math.isfinite(obj) else None
+
+
+def trial_status(tdir: Path) -> str | None:
+    s, _ = read_summary(tdir)
+    return None if s is None else s["status"]
+
+
+def rankable(row: dict, metric: str) -> bool:
+    return row["status"] == "completed" and row[metric] is not None
+
+
+def collect_rows(path: Path, metric: str | None = None) -> list[dict]:
+    """One row per trial of the plan, ranked: completed by the metric (the search's unless
+    given), then completed ones without it, then the rest, each by index."""
     plan = load_plan(path)
-    metric = plan["config"]["search"]["metric"]
-    rows = [trial_row(path, t) for t in plan["trials"]]
-    done = sorted((r for r in rows if r["status"] == "completed"),
+    metric = metric or plan["config"]["search"]["metric"]
+    rows = [trial_row(path, t, metric) for t in plan["trials"]]
+    done = sorted((r for r in rows if rankable(r, metric)),
                   key=lambda r: (-r[metric], r["trial"]))  # fmt: skip
-    rest = [r for r in rows if r["status"] != "completed"]
+    rest = sorted((r for r in rows if not rankable(r, metric)),
+                  key=lambda r: (r["status"] != "completed", r["trial"]))  # fmt: skip
     for rank, r in enumerate(done + rest, start=1):
         r["rank"] = rank
     return done + rest
 
 
-def trial_row(path: Path, trial: dict) -> dict:
-    tdir = trial_dir(path, trial["index"])
-    try:
-        s = json.loads((tdir / "summary.json").read_text())
-    except (OSError, ValueError):
-        s = {"status": "pending"}
-    acc = s.get("accuracy", {})
-    return {
+def trial_row(path: Path, trial: dict, metric: str) -> dict:
+    s, problem = read_summary(trial_dir(path, trial["index"]))
+    s = s or {"status": "pending", "error": problem}
+    row = {
         "trial": trial["index"], "params": trial["params"], "init_seed": trial["init_seed"],
-        "val_accuracy": acc.get("val"), "best_val_accuracy": s.get("best_val_accuracy"),
-        "ensemble_val_accuracy": s.get("ensemble", {}).get("accuracy", {}).get("val"),
-        "train_accuracy": acc.get("train"), "status": s.get("status", "pending"),
-        "seconds": s.get("seconds"), "error": s.get("error", ""),
+        "val_accuracy": dig(s, "accuracy", "val"),
+        "best_val_accuracy": dig(s, "best_val_accuracy"),
+        "ensemble_val_accuracy": dig(s, "ensemble", "accuracy", "val"),
+        "train_accuracy": dig(s, "accuracy", "train"), "status": s["status"],
+        "seconds": dig(s, "seconds"), "error": str(s.get("error", "")),
     }  # fmt: skip
+    if row["status"] == "completed" and row[metric] is None:  # e.g. a trial without snapshots
+        row["error"] = f"no {metric}: ranked after the trials that have it"
+    return row

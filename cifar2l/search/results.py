@@ -14,9 +14,10 @@ from pathlib import Path
 
 from .. import config as config_mod
 from .. import console, plots, runs
+from ..errors import RunError
 from ..train import run_repeat
-from .plan import collect_rows, load_plan, trial_dir
-from .trials import fmt_value, sweep_locks
+from .plan import FINISHED, collect_rows, load_plan, rankable, trial_config, trial_dir
+from .trials import fmt_value, shard_trials, sweep_locks
 
 # ---------------------------------------------------------------- collect
 
@@ -62,29 +63,93 @@ def collect(path: Path, started: float | None = None, work: dict | None = None) 
     keys = list(search["space"])
     rows = collect_rows(path)
     write_results(path, rows, keys)
-    best = write_best(path, [r for r in rows if r["status"] == "completed"], search)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "failed", "diverged")}
-    summary = runs.base_summary("search", path, plan["config"]["seed"])
+    metric = search["metric"]
+    best = write_best(path, [r for r in rows if rankable(r, metric)], search)
+    summary = runs.base_summary("search", path, plan["config"].get("seed"))
     summary.update(
-        status="completed" if len(rows) == sum(counts.values()) else "running",
-        **search_times(rows, work, started, begun),
-        trials=len(rows), completed=counts["completed"],
-        failed=counts["failed"] + counts["diverged"], diverged=counts["diverged"],
-        pending=len(rows) - sum(counts.values()), metric=search["metric"],
-        best=best_entry(best, search["metric"]),
-        refined_from=plan["refined_from"], best_repeat=best and best_repeat(path, best),
+        **outcome(rows, metric), **search_times(rows, work, started, begun), metric=metric,
+        best=best_entry(best, metric), refined_from=plan.get("refined_from"),
+        best_repeat=best and best_repeat(path, best),
     )  # fmt: skip
     runs.write_json(path / "summary.json", summary)
     return {"summary": summary, "rows": rows, "keys": keys}
 
 
+def outcome(rows: list[dict], metric: str) -> dict:
+    """The summary's status and counts. `running` while trials are pending, else `failed` when
+    any trial failed (the command exits 1 and --resume retries them), else `completed`.
+    Diverged trials are a result (that setting diverges), not a failure: never retried."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in FINISHED}
+    pending = len(rows) - sum(counts.values())
+    status = "running" if pending else "failed" if counts["failed"] else "completed"
+    unranked = sum(r["status"] == "completed" and r[metric] is None for r in rows)
+    return {"status": status, "trials": len(rows), **counts, "pending": pending,
+            "without_metric": unranked,
+            "failures": failure_groups([r for r in rows if r["status"] == "failed"])}  # fmt: skip
+
+
+def failure_groups(failed: list[dict]) -> list[dict]:
+    """The distinct errors of the failed rows, in trial order, each with its trials."""
+    groups: dict[str, list[int]] = {}
+    for r in failed:
+        groups.setdefault(shorten(r["error"] or "unknown error", 200), []).append(r["trial"])
+    return [{"error": error, "trials": trials} for error, trials in groups.items()]
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- the command's outcome
+
+
+def check_outcome(path: Path, part: tuple[int, int], summary: dict | None = None,
+                  repeat_best: int = 1) -> None:  # fmt: skip
+    """Raise a RunError (exit 1) when trials of shard `part` failed, or when --repeat-best
+    found no best trial to retrain; `summary` is the collected search's (None: a shard)."""
+    rows = collect_rows(path)
+    mine = {t["index"] for t in shard_trials(load_plan(path)["trials"], part)}
+    failed = [r for r in sorted(rows, key=lambda r: r["trial"])
+              if r["trial"] in mine and r["status"] == "failed"]  # fmt: skip
+    if failed:
+        raise RunError(failed_message(path, part, failed, len(mine)))
+    if summary is not None and repeat_best > 1 and summary["best"] is None:
+        raise RunError(f"{path}: --repeat-best {repeat_best}: no trial completed with "
+                       f"{summary['metric']} ({summary['diverged']} diverged, "
+                       f"{summary['pending']} pending); nothing to retrain")  # fmt: skip
+
+
+def failed_message(path: Path, part: tuple[int, int], failed: list[dict], total: int) -> str:
+    """How many trials failed, the first two distinct reasons (bounded) and the command that
+    retries them."""
+    groups = failure_groups(failed)
+    reasons = "; ".join(f"{shorten(g['error'], 120)} ({trial_list(g['trials'])})"
+                        for g in groups[:2])  # fmt: skip
+    if len(groups) > 2:
+        reasons += f"; and {len(groups) - 2} other reasons"
+    whole = part == (0, 1)
+    shard = "" if whole else f" of shard {part[0]}/{part[1]}"
+    again = f"cifar2l search --resume {path}" + ("" if whole else f" --shard {part[0]}/{part[1]}")
+    return (f"{path}: {len(failed)} of {total} trials{shard} failed: {reasons}; once the cause "
+            f"is fixed, retry them with: {again}")  # fmt: skip
+
+
+def trial_list(trials: list[int]) -> str:
+    shown = ", ".join(f"{t:03d}" for t in trials[:4])
+    more = f" and {len(trials) - 4} more" if len(trials) > 4 else ""
+    return f"trial{'s' * (len(trials) > 1)} {shown}{more}"
+
+
 def write_best(path: Path, done: list[dict], search: dict) -> dict | None:
     """best.yaml (the config of the best of the ranked completed trials `done`, under a header)
-    and search.png; return the best trial's row, None when no trial completed."""
+    and search.png; return the best trial's row, None when no trial completed (then an
+    earlier collect's best.yaml and search.png, now of no ranked trial, are removed)."""
     if not done:
+        for stale in (path / "best.yaml", path / "search.png"):
+            stale.unlink(missing_ok=True)
         return None
     best = done[0]
-    best_cfg = (trial_dir(path, best["trial"]) / "config.yaml").read_text()
+    best_cfg = trial_config(path, best["trial"])
     runs.atomic_write(path / "best.yaml", best_yaml_header(path, best, search) + best_cfg)
     plots.search_scatter(done, search, path / "search.png")
     return best
@@ -123,8 +188,9 @@ def retrain_best(path: Path, repeat: int) -> float:
     of K fresh seeds with its std does not, and the std is the seed noise of the search's
     accuracies. A finished best-repeat/ of the same trial and K is kept.
     """
-    done = [r for r in collect_rows(path) if r["status"] == "completed"]
-    if not done:
+    metric = load_plan(path)["config"]["search"]["metric"]
+    done = [r for r in collect_rows(path) if rankable(r, metric)]
+    if not done:  # nothing to retrain: check_outcome says so after collecting
         return 0.0
     found = best_repeat(path, done[0])
     if found is not None and found["repeat"] == repeat:
@@ -132,10 +198,11 @@ def retrain_best(path: Path, repeat: int) -> float:
     start = time.perf_counter()
     shutil.rmtree(path / BEST_REPEAT, ignore_errors=True)  # another trial's, or unfinished
     source = trial_dir(path, done[0]["trial"]) / "config.yaml"
-    cfg = config_mod.load_config(source)
+    text = trial_config(path, done[0]["trial"])
+    cfg = config_mod.validate(config_mod.parse_yaml(text, str(source)), str(source))
     console.log(f"retraining the best trial ({done[0]['trial']:03d}) over {repeat} seeds")
     with console.quiet():  # its table prints with the search's results (collect_and_show)
-        run_repeat(cfg, source.read_text(), str(source), path, "best", repeat,
+        run_repeat(cfg, text, str(source), path, "best", repeat,
                    into=path / BEST_REPEAT)  # fmt: skip
     return time.perf_counter() - start
 
@@ -145,14 +212,13 @@ def best_repeat(path: Path, best: dict) -> dict | None:
     target = path / BEST_REPEAT
     try:
         s = json.loads((target / "summary.json").read_text())
-        same = (target / "config.yaml").read_text() == \
-            (trial_dir(path, best["trial"]) / "config.yaml").read_text()  # fmt: skip
-    except (OSError, ValueError):
+        same = (target / "config.yaml").read_text() == trial_config(path, best["trial"])
+        if s.get("status") != "completed" or not same:
+            return None
+        return {"run_dir": str(target), "trial": best["trial"], "repeat": s["repeat"],
+                **{k: s[k] for k in ("accuracy", "accuracy_std", "accuracy_runs")}}  # fmt: skip
+    except (OSError, ValueError, KeyError, AttributeError):  # damaged: retrained when asked
         return None
-    if s.get("status") != "completed" or not same:
-        return None
-    return {"run_dir": str(target), "trial": best["trial"], "repeat": s["repeat"],
-            **{k: s[k] for k in ("accuracy", "accuracy_std", "accuracy_runs")}}  # fmt: skip
 
 
 def best_yaml_header(path: Path, best: dict, search: dict) -> str:
@@ -166,23 +232,29 @@ def best_yaml_header(path: Path, best: dict, search: dict) -> str:
 
 
 def print_top(result: dict, k: int, title: str) -> None:
+    """The top k completed trials (none completed: no table); a missing metric shows as such."""
     keys = result["keys"]
     done = [r for r in result["rows"][:k] if r["status"] == "completed"]
+    if not done:
+        return
     metrics = ["val_accuracy", "best_val_accuracy", "train_accuracy"]
     if any(r["ensemble_val_accuracy"] is not None for r in done):
         metrics.insert(2, "ensemble_val_accuracy")
-    rows = [[r["rank"], r["trial"], *[r["params"][key] for key in keys], *[r[m] for m in metrics]]
-            for r in done]  # fmt: skip
+    rows = [[r["rank"], r["trial"], *[r["params"][key] for key in keys],
+             *["missing" if r[m] is None else r[m] for m in metrics]] for r in done]  # fmt: skip
     console.table(title, ["rank", "trial", *keys, *metrics], rows)
 
 
 def collect_and_show(path: Path, started: float | None = None, work: dict | None = None) -> dict:
     result = collect(path, started, work)
-    k = load_plan(path)["config"]["search"]["top_k"]
+    k = load_plan(path)["config"]["search"].get("top_k", 4)
     print_top(result, k, f"top {k} of {result['summary']['trials']} trials ({path})")
+    for r in result["rows"]:  # a damaged summary: the trial counts as pending and runs again
+        if r["status"] == "pending" and r["error"]:
+            console.warn(f"trial {r['trial']:03d}: {r['error']}; it runs again on --resume")
     s = result["summary"]
-    console.log(f"completed {s['completed']}, failed {s['failed']}, pending {s['pending']}; "
-                f"results: {path / 'results.csv'}")  # fmt: skip
+    console.log(f"completed {s['completed']}, failed {s['failed']}, pending {s['pending']}, "
+                f"diverged {s['diverged']}; results: {path / 'results.csv'}")  # fmt: skip
     again = s.get("best_repeat")
     if again:
         console.table(f"best trial {again['trial']:03d} retrained over {again['repeat']} seeds "

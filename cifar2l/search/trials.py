@@ -23,11 +23,11 @@ import numpy as np
 
 from .. import checkpoint, console, data, loop, network, runs, threads
 from .. import config as config_mod
-from ..errors import DivergedError, RunError
+from ..errors import DataError, DivergedError, RunError
 from ..loop import METRIC_COLUMNS
 from ..rngs import make_rngs
 from ..train import Job, check_batch_size, final_metrics, finish_run, train_run, train_stack
-from .plan import FINISHED, load_plan, trial_dir, trial_raw, trial_status
+from .plan import FINISHED, load_plan, read_summary, trial_dir, trial_raw, trial_status
 
 # ---------------------------------------------------------------- claims
 
@@ -181,15 +181,49 @@ def trial_data(cache: DataCache, cfg, index: int):
     """(prepared data, None), or (None, the error to record in the trial's summary).
 
     Called before the trial's own clock starts, so data preparation is not in its seconds.
+    A DataError (missing, unreadable or corrupt data) is raised: it is the same for every
+    trial, so it stops the search, and the trial stays pending for a --resume.
     """
     try:
         prep = cache.get(cfg)
         check_batch_size(cfg, prep, f"trial {index}")
         return prep, None
-    except DataChanged:  # every later trial would meet it: the search stops, nothing written
+    except (DataChanged, DataError):  # every later trial would meet it: the search stops
         raise
-    except Exception as e:  # a data or batch-size error fails the trial, not the search
+    except Exception as e:  # e.g. a trial's batch size or split: fails that trial only
         return None, e
+
+
+def check_sources(plan: dict, load: bool = False) -> None:
+    """Fail up front when the data of the search cannot be found (or, with `load`, read):
+    one DataError instead of N trials that each fail the same way. With `load` the data is
+    also decoded into the cache once, before --jobs workers start."""
+    base = plan["config"]
+    roots = {t["params"].get("data.root", base.get("data", {}).get("root"))
+             for t in plan["trials"]}  # fmt: skip
+    for root in sorted(roots, key=str):
+        source = data.find_source(root)
+        if load:
+            data.load_dataset(source)
+
+
+def retry_failed(path: Path, trials: list[dict]) -> int:
+    """Make the failed trials of `trials` pending again (their failure may be gone: the data
+    is back, the disk has room); return how many. Diverged trials are a result and stay.
+
+    Done once, when a command starts: a trial that fails again during this command is not
+    retried by it. A trial another process holds is left alone.
+    """
+    count = 0
+    for trial in trials:
+        tdir = trial_dir(path, trial["index"])
+        if trial_status(tdir) != "failed":
+            continue
+        with claim(path, trial["index"]) as mine:
+            if mine and trial_status(tdir) == "failed":
+                (tdir / "summary.json").unlink()  # the trial reruns from scratch
+                count += 1
+    return count
 
 
 def charged_start(seconds: float) -> float:
@@ -442,19 +476,12 @@ def run_shard(path: Path, shard: tuple[int, int]) -> dict:
         for group in fuse_groups(mine, plan["config"]):
             for trial, status in run_group(path, group, plan["config"], cache):
                 if status is not None:
-                    s = read_summary(trial_dir(path, trial["index"]))
+                    s = read_summary(trial_dir(path, trial["index"]))[0] or {}
                     work["ran"] += 1
                     work["trials"] += s.get("seconds") or 0.0
                     console.log(trial_line(trial, s))
             advance(len(group))
     return {**work, "data": cache.seconds}
-
-
-def read_summary(tdir: Path) -> dict:
-    try:
-        return json.loads((tdir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def trial_line(trial: dict, s: dict) -> str:
