@@ -42,14 +42,15 @@ def warm_up() -> None:
 
 def _save(fig, path: Path) -> None:
     # A unique temp name: two processes may write the same figure at once (concurrent collects).
-    fd, tmp = runs.temp_file(path.parent, path.stem, suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)  # no bbox_inches="tight": that would draw the figure twice
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with runs.writing(path):  # a full disk or a read-only directory: one error naming `path`
+        fd, tmp = runs.temp_file(path.parent, path.stem, suffix=path.suffix)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, dpi=120)  # no bbox_inches="tight": it would draw the figure twice
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def curve(rows: list[dict], metric: str, path: Path, title: str) -> None:

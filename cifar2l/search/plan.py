@@ -94,13 +94,16 @@ def create_search_dir(path: Path, plan: dict, config_text: str) -> bool:
     Safe when many shards start at the same moment: the plan is published with os.link, which
     fails for every process but the first. Later arrivals check that their plan is the same.
     """
-    runs.check_writable(path.parent)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "trials").mkdir(exist_ok=True)
+    runs.check_writable(path.parent, "--dir")
     text = json.dumps(plan, indent=1)  # unsorted: results.csv keeps the order of the space
-    fd, tmp = runs.temp_file(path, PLAN)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with runs.writing(path / PLAN):  # --dir a file, read-only, or a full disk: one line
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--dir {path}: not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "trials").mkdir(exist_ok=True)
+        fd, tmp = runs.temp_file(path, PLAN)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
     try:
         os.link(tmp, path / PLAN)
     except FileExistsError:
