@@ -369,6 +369,8 @@ CASES = [
     case("out-component-too-long", long_out(1, 300)),
     case("out-over-path-max", long_out(25, 200)),
     case("report-out-too-long", report_out_too_long),
+    case("search-dir-too-long", lambda ctx: (search_args(ctx, "--dir", ctx.tmp / ("d" * 300)),
+                                             ["--dir", "too long"])),
     case("search-dir-is-a-file", dir_is_a_file, 1),
     case("report-out-is-a-file", report_out_is_a_file, 1),
 ]

@@ -94,6 +94,7 @@ def create_search_dir(path: Path, plan: dict, config_text: str) -> bool:
     Safe when many shards start at the same moment: the plan is published with os.link, which
     fails for every process but the first. Later arrivals check that their plan is the same.
     """
+    runs.check_path_length(path, "--dir")
     runs.check_writable(path.parent, "--dir")
     text = json.dumps(plan, indent=1)  # unsorted: results.csv keeps the order of the space
     with runs.writing(path / PLAN):  # --dir a file, read-only, or a full disk: one line
