@@ -16,11 +16,21 @@ MARGINS = {"left": 0.13, "right": 0.97, "bottom": 0.12, "top": 0.92}
 
 
 def pyplot():
-    import matplotlib
+    import logging
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Under a read-only or broken XDG_CACHE_HOME matplotlib puts its caches in a temp dir by
+    # itself, but logs three lines about it while importing; the data cache's one warning
+    # (data._write_cache) already says the cache is not writable.
+    log = logging.getLogger("matplotlib")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import matplotlib
 
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    finally:
+        log.setLevel(level)
     return plt
 
 

@@ -630,6 +630,21 @@ def test_read_only_data_cache_falls_back_to_decoding(tmp_path, smoke_args, monke
     assert list(cache.iterdir()) == []
 
 
+def test_read_only_cache_is_one_warning_in_a_fresh_process(tmp_path, official_dir):
+    """matplotlib, whose caches live there too, adds no lines of its own."""
+    cache = tmp_path / "ro-cache"
+    with read_only(cache):
+        done = subprocess.run(
+            [sys.executable, "-m", "cifar2l", "train", str(SMOKE), "--set",
+             f"data.root={official_dir}", "--out", str(tmp_path / "runs"), "--json"],
+            capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "XDG_CACHE_HOME": str(cache)},
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("Warning: data cache") and "not written" in line
+
+
 # ---------------------------------------------------------------- unreadable files
 
 
