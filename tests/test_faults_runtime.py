@@ -604,6 +604,21 @@ def test_read_only_search_dir(tmp_path, official_dir):
         assert list(folder.iterdir()) == []
 
 
+def test_read_only_finished_search(tmp_path, official_dir):
+    """--resume (which claims trials with lock files) and collect on a search dir that has
+    become read-only: one line each, nothing changed."""
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(f"extends: {SMOKE}\ndata:\n  root: {official_dir}\n{SEARCH_SPACE}")
+    folder = tmp_path / "s"
+    ok("search", cfg, "--dir", folder, "--quiet", "--no-collect")
+    before = sorted(str(p) for p in folder.rglob("*"))
+    with read_only(folder), read_only(folder / "trials"):
+        one_error_line(invoke("search", "--resume", folder, "--quiet"), 1, str(folder))
+        one_error_line(invoke("search", "collect", folder, "--quiet"), 1, str(folder),
+                       "cannot write")  # fmt: skip
+    assert sorted(str(p) for p in folder.rglob("*")) == before
+
+
 def test_read_only_runs_root(tmp_path, smoke_args):
     with read_only(tmp_path / "ro") as folder:
         result = invoke("train", *smoke_args[:-3], "--out", folder, "--quiet")
