@@ -67,8 +67,9 @@ def create_run_dir(root: Path, command: str, name: str) -> Path:
 
 
 def check_run_name(root: Path, stem: str, name: str) -> None:
-    """Refuse (exit 2) a run name that makes a directory name the file system cannot hold,
-    counting the `-k` a clash adds and the temp files' `.<name>.<random>` beside the run."""
+    """Refuse (exit 2) a run name that makes a directory name the file system cannot hold
+    (counting the `-k` a clash adds), or a runs root so deep that the files inside the run
+    (up to `repeats/NN/snapshots/.step-NNNNNN.npz.<random>.npz`, 64 bytes) would not fit."""
     size = len(os.fsencode(name))
     room = NAME_MAX - len(os.fsencode(stem)) - len("-9999")
     if room < 0:

@@ -129,7 +129,11 @@ def open_tar(path: Path, limit: int | None = None):
     """Yield (the tar archive at `path`, read through Bounded to `limit` bytes, by default
     MAX_ARCHIVE_BYTES; whether it is compressed)."""
     limit = MAX_ARCHIVE_BYTES if limit is None else limit
-    with open(path, "rb") as raw:
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
+    except OSError as e:  # not "corrupt": e.g. no read permission
+        raise DataError(f"{shown(path)}: cannot read data source ({os_reason(e)})") from None
+    with raw:
         magic = raw.read(6)
         raw.seek(0)
         opener = next((o for m, o in _COMPRESSED if magic.startswith(m)), None)

@@ -712,7 +712,7 @@ def test_unreadable_data_archive(tmp_path, official_dir):
     archive.chmod(0)
     done = cli_without_root_powers("train", SMOKE, "--set", f"data.root={archive}",
                                    "--out", tmp_path / "runs", "--quiet", cwd=tmp_path)  # fmt: skip
-    assert_one_line(done, 1, str(archive), "Permission denied")
+    assert_one_line(done, 1, str(archive), "cannot read data source", "Permission denied")
 
 
 def test_a_fifo_config_does_not_hang_a_real_process(tmp_path):
