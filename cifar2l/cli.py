@@ -98,6 +98,11 @@ def _execute(work, quiet: bool, as_json: bool, n_threads: int | None = None) -> 
     except KeyboardInterrupt:
         console.error("interrupted")
         raise typer.Exit(130) from None
+    except OSError as e:  # the machine, not a bug: a full disk, a read-only or vanished file
+        from .errors import describe_os_error
+
+        console.error(describe_os_error(e))
+        raise typer.Exit(1) from None
     except Exception as e:  # a bug: still one line, unless debugging
         if os.environ.get("CIFAR2L_DEBUG"):
             raise

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import untrusted
 from .errors import ConfigError
 
 BATCH_NAMES = [f"data_batch_{k}" for k in range(1, 6)]
@@ -378,11 +379,12 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 def _read_yaml_file(path: Path) -> dict[str, Any]:
+    # A FIFO would block, /dev/zero never end, a huge file fill memory: untrusted.read_limited
+    # reads only a regular file, and at most MAX_CONFIG_BYTES of it.
+    blob = untrusted.read_limited(path, untrusted.MAX_CONFIG_BYTES, ConfigError, "config file")
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+        text = blob.decode()
+    except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: cannot read config file ({e})") from None
     doc = parse_yaml(text, str(path))
     if doc is None:

@@ -12,24 +12,27 @@ class folders sorted by name, which is the official order for CIFAR-10's folder 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import io
 import json
+import lzma
 import os
-import pickle
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.request
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import kernels, runs
-from .errors import ConfigError, DataError
+from . import console, kernels, runs, untrusted
+from .errors import ConfigError, DataError, os_reason, shown
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -187,50 +190,80 @@ def _write_cache(folder: Path, ds: Dataset) -> None:
         (tmp / "meta.json").write_text(json.dumps(meta))
         tmp.rename(folder)
     except BaseException as e:
-        # Another process filled the cache first, or it is read-only: the data is in memory.
+        # Another process filled the cache first, or it is read-only or full: the data is in
+        # memory, so the run goes on uncached (saying so, unless another process won the race).
         # A signal (or any other error) goes on up, without leaving the half-written copy.
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if not isinstance(e, OSError):
             raise
+        if not folder.is_dir():
+            console.warn(f"data cache {shown(folder.parent)} not written ({os_reason(e)}); "
+                         "the data is decoded again by every run")  # fmt: skip
 
 
 # ---------------------------------------------------------------- decoding
 
 
 def decode(source: Path) -> Dataset:
-    if source.is_dir():
+    """A directory or an archive; anything else (a FIFO, /dev/zero) is refused unread."""
+    st = untrusted.check_kind(source, DataError, "data source", allow_dir=True)
+    if stat.S_ISDIR(st.st_mode):
         files = _dir_members(source)
     else:
         files = _tar_members(source)
     return _assemble(files, str(source))
 
 
+def _limit(name: str) -> int:
+    """The most bytes a source file of this name may hold (untrusted.py)."""
+    return untrusted.MAX_PICKLE_BYTES if _OFFICIAL.search(name) else untrusted.MAX_IMAGE_BYTES
+
+
 def _dir_members(root: Path):
-    """(relative path, reader) pairs for every file under a directory."""
+    """(relative path, reader) pairs for every regular file under a directory (FIFOs, devices
+    and dangling links are skipped); a reader reads no more than the file's limit."""
     for p in sorted(root.rglob("*")):
         if p.is_file():
-            yield p.relative_to(root).as_posix(), p.read_bytes
+            rel = p.relative_to(root).as_posix()
+            yield rel, functools.partial(untrusted.read_limited, p, _limit(rel))
 
 
 def _tar_members(path: Path):
     try:
-        with tarfile.open(path, "r:*") as tar:
-            for m in tar:
-                if m.isfile() and _wanted(m.name):
+        with untrusted.open_tar(path) as (tar, compressed):
+            for count, m in enumerate(tar, 1):
+                _check_member(path, m, count)
+                if _wanted(m.name):
                     data = tar.extractfile(m).read()
                     yield m.name, (lambda d=data: d)
-            _check_complete(tar)
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            if not compressed:
+                _check_complete(tar)
+    except untrusted.TooLarge as e:
+        raise DataError(f"{path}: archive {e}: not CIFAR-10 (a compression bomb?)") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
         detail = " ".join(str(e).split())  # tarfile lists each method it tried on its own line
         raise DataError(f"{path}: truncated or corrupt archive ({detail})") from None
+
+
+def _check_member(path: Path, m: tarfile.TarInfo, count: int) -> None:
+    """Refuse an archive of too many members, and a wanted member that is no regular file
+    (links and devices are not followed out of an archive) or larger than its limit."""
+    if count > untrusted.MAX_MEMBERS:
+        raise DataError(f"{path}: more than {untrusted.MAX_MEMBERS} members: not CIFAR-10")
+    if not _wanted(m.name):
+        return
+    if not m.isfile():
+        raise DataError(f"{path}: {shown(m.name)}: {untrusted.member_kind(m)}, not a regular "
+                        "file")  # fmt: skip
+    if m.size > _limit(m.name):
+        raise DataError(f"{path}: {shown(m.name)}: {m.size} bytes, more than the "
+                        f"{_limit(m.name) // untrusted.MiB} MiB such a file may hold")  # fmt: skip
 
 
 def _check_complete(tar: tarfile.TarFile) -> None:
     # tarfile ends the member list quietly at a truncated or garbled header; a complete archive
     # ends with a zero block there. (gzip, bz2 and xz streams report truncation themselves.)
-    if not isinstance(tar.fileobj, io.BufferedReader):
-        return
     tar.fileobj.seek(tar.offset)
     end = tar.fileobj.read(tarfile.BLOCKSIZE)
     if len(end) != tarfile.BLOCKSIZE or end.count(0) != tarfile.BLOCKSIZE:
@@ -286,11 +319,14 @@ def _from_pickles(pickles: dict, source: str) -> Dataset:
 
 def _unpickle_batch(name: str, blob: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        d = pickle.loads(blob, encoding="bytes")  # noqa: S301 - the official format is pickle
+        d = untrusted.unpickle(blob)  # containers and numpy arrays only: no code runs
         x = np.asarray(d[b"data"])
-        y = np.asarray(d[b"labels"], dtype=np.int64)
+        y = np.asarray(d[b"labels"])
     except Exception as e:  # any unpickling failure means a corrupt file
         raise DataError(f"{source}: {name}: unreadable batch ({type(e).__name__}: {e})") from None
+    if y.size and y.dtype.kind not in "iu":  # 1.5 or True must not pass as a class index
+        raise DataError(f"{source}: {name}: labels must be integers, got {y.dtype}")
+    y = y.astype(np.int64)
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != D or y.shape != (x.shape[0],):
         raise DataError(
             f"{source}: {name}: expected uint8 data of shape (N, {D}) and N labels, "
@@ -307,13 +343,20 @@ CIFAR10_CLASSES = [
 
 
 def _official_classes(meta, source: str) -> list[str]:
+    """The class names of batches.meta: 10 distinct names, one per label 0..9."""
     if meta is None:
         return list(CIFAR10_CLASSES)
     try:
-        d = pickle.loads(meta[1], encoding="bytes")  # noqa: S301
-        return [n.decode() for n in d[b"label_names"]]
+        d = untrusted.unpickle(meta[1])
+        names = [n.decode() if isinstance(n, bytes) else n for n in d[b"label_names"]]
     except Exception as e:
-        raise DataError(f"{source}: batches.meta: unreadable ({e})") from None
+        raise DataError(f"{source}: batches.meta: unreadable ({type(e).__name__}: {e})") from None
+    if len(names) != len(CIFAR10_CLASSES) or len(set(names)) != len(names) or \
+            not all(isinstance(n, str) and n for n in names):  # fmt: skip
+        raise DataError(f"{source}: batches.meta: label_names must be "
+                        f"{len(CIFAR10_CLASSES)} distinct names (labels 0..9), got "
+                        f"{shown(names, 120)}")  # fmt: skip
+    return names
 
 
 def _from_images(images: dict, source: str) -> Dataset:
@@ -346,25 +389,55 @@ def _decode_split(by_class: dict, classes: list[str]) -> tuple[np.ndarray, np.nd
     items = [(c, name, read) for c in classes for name, read in sorted(by_class[c])]
     x = np.empty((len(items), D), dtype=np.uint8)
     y = np.empty(len(items), dtype=np.int64)
+    converted: dict[str, list[str]] = {}  # mode -> images expanded to RGB from it
     with progress_bar("decode", total=len(items)) as advance:
         for i, (c, name, read) in enumerate(items):
-            x[i] = _decode_image(name, read())
+            x[i] = _decode_image(name, read(), converted)
             y[i] = classes.index(c)
             advance(1)
+    for mode, names in converted.items():
+        console.warn(f"{len(names)} {mode} image(s) expanded to RGB exactly, e.g. {names[0]}")
     return x, y
 
 
-def _decode_image(name: str, blob: bytes) -> np.ndarray:
+# Modes that convert to 8-bit RGB exactly: grey levels, palettes, bilevel (alpha: when opaque).
+_EXACT_MODES = ("L", "P", "1", "RGBA", "LA", "PA")
+
+
+def _decode_image(name: str, blob: bytes, converted: dict) -> np.ndarray:
+    """A 32x32 image file -> its row (D,) uint8. Its size and mode are checked before a pixel
+    is decoded (a decompression bomb never is); modes that would change its values (16-bit,
+    float, CMYK, transparency) are refused; exact conversions are noted in `converted`."""
     from PIL import Image, UnidentifiedImageError
 
+    bombs = (Image.DecompressionBombError, Image.DecompressionBombWarning)
     try:
-        with Image.open(io.BytesIO(blob)) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(blob)) as im:
+                if im.size != (32, 32):
+                    raise DataError(f"{name}: expected a 32x32 image, got "
+                                    f"{im.size[0]}x{im.size[1]}")  # fmt: skip
+                arr = _rgb_pixels(name, im, converted)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, *bombs) as e:
         raise DataError(f"{name}: cannot decode image ({e})") from None
-    if arr.shape != (32, 32, 3):
-        raise DataError(f"{name}: expected a 32x32 image, got {arr.shape[1]}x{arr.shape[0]}")
     return arr.transpose(2, 0, 1).reshape(D)  # HWC -> the official R, G, B planes
+
+
+def _rgb_pixels(name: str, im, converted: dict) -> np.ndarray:
+    """(32, 32, 3) uint8 of an opened image, when its mode converts to RGB exactly."""
+    if im.mode == "RGB":
+        return np.asarray(im)
+    if im.mode not in _EXACT_MODES:
+        raise DataError(f"{name}: image mode {im.mode} (e.g. 16-bit, float or CMYK) does not "
+                        "convert to 8-bit RGB exactly; expected an RGB image")  # fmt: skip
+    rgba = np.asarray(im.convert("RGBA"))
+    if (rgba[..., 3] != 255).any():
+        raise DataError(f"{name}: image mode {im.mode} with transparent pixels: their colour "
+                        "is undefined; expected an opaque RGB image")  # fmt: skip
+    if im.mode != "P":  # a palette only stores RGB compactly; grey or alpha is worth a word
+        converted.setdefault(im.mode, []).append(name)
+    return np.ascontiguousarray(rgba[..., :3])
 
 
 def block_order(labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, list[int]]:

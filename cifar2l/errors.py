@@ -9,6 +9,28 @@ def one_line(message: str) -> str:
     return str(message).translate(_LINE_BREAKS)
 
 
+def shown(value, limit: int = 160) -> str:
+    """`value` (a path, a name) as an error line quotes it: at most `limit` characters, the
+    middle elided (a 5,000-byte path would bury the message)."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]}[...]{text[-half:]}"
+
+
+def os_reason(e: OSError) -> str:
+    """What went wrong in an OSError, without its errno prefix or file name: "No space left on
+    device" (the caller names the file the user knows, not a temp file)."""
+    return e.strerror or str(e) or type(e).__name__
+
+
+def describe_os_error(e: OSError) -> str:
+    """An OSError as one line: the file (and the second file of a rename) and the reason."""
+    names = [shown(n) for n in (e.filename, e.filename2) if n is not None]
+    return ": ".join([*names[:1], os_reason(e)]) + (f" (-> {names[1]})" if len(names) > 1 else "")
+
+
 class Cifar2lError(Exception):
     """Base class: a failure with a message meant for the user (always one line)."""
 

@@ -16,11 +16,21 @@ MARGINS = {"left": 0.13, "right": 0.97, "bottom": 0.12, "top": 0.92}
 
 
 def pyplot():
-    import matplotlib
+    import logging
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Under a read-only or broken XDG_CACHE_HOME matplotlib puts its caches in a temp dir by
+    # itself, but logs three lines about it while importing; the data cache's one warning
+    # (data._write_cache) already says the cache is not writable.
+    log = logging.getLogger("matplotlib")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        import matplotlib
 
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    finally:
+        log.setLevel(level)
     return plt
 
 
@@ -42,14 +52,15 @@ def warm_up() -> None:
 
 def _save(fig, path: Path) -> None:
     # A unique temp name: two processes may write the same figure at once (concurrent collects).
-    fd, tmp = runs.temp_file(path.parent, path.stem, suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)  # no bbox_inches="tight": that would draw the figure twice
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with runs.writing(path):  # a full disk or a read-only directory: one error naming `path`
+        fd, tmp = runs.temp_file(path.parent, path.stem, suffix=path.suffix)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, dpi=120)  # no bbox_inches="tight": it would draw the figure twice
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def curve(rows: list[dict], metric: str, path: Path, title: str) -> None:

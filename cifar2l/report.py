@@ -494,7 +494,9 @@ def run_report(run_dirs: list[Path], out: Path) -> dict:
 
 
 def write_report(out: Path, found: list[Item], meta: dict) -> None:
-    (out / "figures").mkdir(parents=True, exist_ok=True)
+    runs.check_path_length(out, "--out")
+    with runs.writing(out / "figures"):  # --out read-only, a file, or under a file
+        (out / "figures").mkdir(parents=True, exist_ok=True)
     for it in found:
         for f in it.figures:
             runs.atomic_write(out / "figures" / figure_name(it, f), f.read_bytes())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -18,24 +19,43 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, machine
-from .errors import RunError
+from .errors import ConfigError, RunError, os_reason, shown
+
+NAME_MAX = 255  # bytes in one path component (Linux, macOS)
+PATH_MAX = 4096  # bytes in a whole path (Linux)
 
 
-def check_writable(root: Path) -> None:
-    """Fail before any work when the runs root cannot take a new directory."""
+def check_writable(root: Path, option: str = "--out") -> None:
+    """Fail before any work when the runs root (`option`'s value) cannot take a new directory:
+    a name too long for the file system is a usage error (exit 2), the rest runtime (exit 1)."""
+    check_path_length(root, option)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RunError(f"{root}: cannot create the runs directory ({e.strerror})") from None
+        if e.errno == errno.ENAMETOOLONG:
+            raise ConfigError(f"{option} {shown(root)}: path too long ({os_reason(e)})") from None
+        raise RunError(f"{shown(root)}: cannot create the runs directory ({os_reason(e)})") \
+            from None  # fmt: skip
     if not os.access(root, os.W_OK | os.X_OK):
-        raise RunError(f"{root}: runs directory is not writable")
+        raise RunError(f"{shown(root)}: runs directory is not writable")
+
+
+def check_path_length(path: Path, option: str) -> None:
+    """A usage error (exit 2) for a path no file system takes: a component over NAME_MAX bytes
+    or the whole over PATH_MAX."""
+    encoded = [os.fsencode(part) for part in Path(path).absolute().parts]
+    longest = max((len(part) for part in encoded), default=0)
+    if longest > NAME_MAX or len(os.fsencode(str(Path(path).absolute()))) >= PATH_MAX:
+        raise ConfigError(f"{option} {shown(path)}: path too long (a name of {longest} bytes, "
+                          f"at most {NAME_MAX}; {PATH_MAX} bytes in all)")  # fmt: skip
 
 
 def create_run_dir(root: Path, command: str, name: str) -> Path:
     """runs/<YYYYmmdd-HHMMSS>-<command>-<name>[-k]/, unique even for runs started together."""
-    check_writable(root)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{safe}"
+    check_run_name(root, stem, name)
+    check_writable(root)
     for k in range(1, 10000):
         path = root / (stem if k == 1 else f"{stem}-{k}")
         try:
@@ -43,7 +63,24 @@ def create_run_dir(root: Path, command: str, name: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as e:
+            raise RunError(f"{shown(path)}: cannot create the run directory ({os_reason(e)})") \
+                from None  # fmt: skip
     raise RunError(f"{root}: could not find a free run directory name for {stem}")
+
+
+def check_run_name(root: Path, stem: str, name: str) -> None:
+    """Refuse (exit 2) a run name that makes a directory name the file system cannot hold
+    (counting the `-k` a clash adds), or a runs root so deep that the files inside the run
+    (up to `repeats/NN/snapshots/.step-NNNNNN.npz.<random>.npz`, 64 bytes) would not fit."""
+    size = len(os.fsencode(name))
+    room = NAME_MAX - len(os.fsencode(stem)) - len("-9999")
+    if room < 0:
+        raise ConfigError(f"--name {shown(name)}: too long for a run directory name ({size} "
+                          f"bytes; at most {size + room} with the date and command; the default "
+                          "is the config file's name)")  # fmt: skip
+    if len(os.fsencode(str((root / stem).absolute()))) + 64 >= PATH_MAX:
+        raise ConfigError(f"--out {shown(root)}: path too long for a run directory in it")
 
 
 def temp_file(folder: Path, name: str, suffix: str = "") -> tuple[int, str]:
@@ -128,17 +165,28 @@ def umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def writing(path: Path):
+    """Turn an OSError while writing `path` (a full disk, a read-only directory, a name too
+    long) into a RunError naming `path`, not the temp file it failed on."""
+    try:
+        yield
+    except OSError as e:
+        raise RunError(f"{shown(path)}: cannot write ({os_reason(e)})") from None
+
+
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write to a temp file in the same directory, then rename: readers never see half a file."""
     mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = temp_file(path.parent, path.name)
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        fd, tmp = temp_file(path.parent, path.name)
+        try:
+            with os.fdopen(fd, mode) as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -154,14 +202,15 @@ def _jsonable(v):
 
 
 def save_npz(path: Path, **arrays) -> None:
-    fd, tmp = temp_file(path.parent, path.name, suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        fd, tmp = temp_file(path.parent, path.name, suffix=".npz")
+        os.close(fd)
+        try:
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def versions() -> dict:
@@ -250,7 +299,8 @@ def start_run(path: Path, command: str, cfg, config_text: str, started=None, fre
     """Record config and command in `path`; mark the summary completed, failed or interrupted.
 
     `started` (a perf_counter value) counts work done before the directory existed. An error
-    with a `status` attribute (e.g. "diverged") records that status instead of "failed".
+    with a `status` attribute (e.g. "diverged") records that status instead of "failed"; so
+    does a failure to write the final summary (a full disk): the run never stays `running`.
     A resumed run (fresh=False) keeps its config.yaml and adds its command to command.txt.
     The directory is locked (dir_lock) meanwhile, unless the caller holds it (`locked`).
     """
@@ -266,24 +316,70 @@ def _recorded(path: Path, command: str, cfg, config_text: str, started, fresh: b
     try:  # a signal while the directory is laid out still leaves it marked interrupted
         if not fresh:
             remove_stale_temps(run.path)  # of the attempt it resumes, if that was killed
-        if fresh:
-            atomic_write(run.path / "config.yaml", config_text)
-        write_command(run.path, append=not fresh)
-        run.save_summary()
+        record_start(run, config_text, fresh)
         yield run
+        run.summary["status"] = "completed"
+        run.summary["seconds"] = round(time.perf_counter() - start, 3)
+        if "timing" in run.summary:
+            run.summary["timing"]["total"] = run.summary["seconds"]
+        run.save_summary()
     except BaseException as e:
         interrupted = isinstance(e, KeyboardInterrupt)
         run.summary["status"] = "interrupted" if interrupted else getattr(e, "status", "failed")
         run.summary["error"] = "interrupted" if interrupted else str(e) or type(e).__name__
         run.summary["seconds"] = round(time.perf_counter() - start, 3)
-        run.save_summary()
+        save_last_summary(run)
         raise
-    run.summary["status"] = "completed"
-    run.summary["seconds"] = round(time.perf_counter() - start, 3)
-    if "timing" in run.summary:
-        run.summary["timing"]["total"] = run.summary["seconds"]
-    run.save_summary()
     remove_stale_temps(run.path)  # a finished run keeps no leftovers of killed attempts
+
+
+def record_start(run: Run, config_text: str, fresh: bool) -> None:
+    """config.yaml, command.txt and a `running` summary. When one cannot be written (a full
+    disk), a fresh run's files are removed again, and its directory when that leaves it empty:
+    no run directory without a summary is left behind."""
+    try:
+        if fresh:
+            atomic_write(run.path / "config.yaml", config_text)
+        write_command(run.path, append=not fresh)
+        run.save_summary()
+    except BaseException:
+        if fresh:
+            for name in ("config.yaml", "command.txt", "summary.json"):
+                (run.path / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                run.path.rmdir()  # only when empty (a repeat's dir keeps its snapshots)
+        raise
+
+
+def save_last_summary(run: Run) -> None:
+    """Write a stopped run's summary; never raise (the error that stopped the run is the one
+    to report).
+
+    On a full disk the atomic write fails, since it needs a new file. Then the `running`
+    summary is overwritten in place instead, by a compact one that fits in the bytes the old
+    file holds (so it needs no free space): not atomic, but a reader sees a short torn file
+    for an instant rather than a dead run marked `running` for good. If even that fails (a file
+    system gone read-only), nothing can be written there and the error line is all there is.
+    """
+    try:
+        run.save_summary()
+    except (RunError, OSError):
+        with contextlib.suppress(OSError):
+            overwrite_in_place(run.path / "summary.json", run.summary)
+
+
+def overwrite_in_place(path: Path, summary: dict) -> None:
+    """Rewrite `path` through its own file (no temp file): the compact summary when it fits in
+    the file's present size, else its essentials (command, status, error, ...)."""
+    size = path.stat().st_size
+    essential = {k: summary[k] for k in ("command", "status", "error", "run_dir", "seed",
+                                         "seconds") if k in summary}  # fmt: skip
+    data = (json.dumps(summary, default=_jsonable) + "\n").encode()
+    if len(data) > size:
+        data = (json.dumps(essential, default=_jsonable) + "\n").encode()
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
 
 
 class Clock:

@@ -7,7 +7,9 @@ run writes each seed's run into `repeats/<k>/` and the mean and std into its own
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,13 +216,22 @@ def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None,
     except (checkpoint.Interrupted, DivergedError) as stop:  # both carry the loop's state
         state = getattr(stop, "state", None) or state
         if state is not None:
-            runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, state.rows[0])
+            with _unless_failing():
+                runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, state.rows[0])
         raise
     finally:  # a diverged or interrupted run keeps the metrics up to where it stopped
         if state is not None and state.timing:
-            runs.write_csv(run.path / "timing.csv", TIMING_COLUMNS, state.timing)
+            with _unless_failing():
+                runs.write_csv(run.path / "timing.csv", TIMING_COLUMNS, state.timing)
     (run.path / checkpoint.NAME).unlink(missing_ok=True)  # superseded by weights.npz
     return final
+
+
+def _unless_failing():
+    """While an error propagates (a full disk, a signal), a file written on the way out may
+    fail too: that must not hide the error that stopped the run (nor its exit code)."""
+    failing = sys.exc_info()[1] is not None
+    return contextlib.suppress(*((RunError, OSError) if failing else ()))
 
 
 def prepare(cfg, config_path: str, clock: runs.Clock):

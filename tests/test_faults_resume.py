@@ -511,5 +511,5 @@ def test_search_dir_naming_a_file_is_refused(tmp_path, official_dir):
     f = tmp_path / "a-file"
     f.write_text("mine\n")
     r = invoke("search", search_config(tmp_path, official_dir), "--dir", f, "-q")
-    one_error_line(r, 2, f"--dir {f}", "not a directory")
+    one_error_line(r, 1, f"--dir {f}", "not a directory")
     assert f.read_text() == "mine\n"

@@ -115,14 +115,18 @@ def create_search_dir(path: Path, plan: dict, config_text: str) -> bool:
     A directory that holds anything else (another run, another command's files) is refused
     before anything is written into it (`check_search_dir`).
     """
+    runs.check_path_length(path, "--dir")
     check_search_dir(path)
-    runs.check_writable(path.parent)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "trials").mkdir(exist_ok=True)
+    runs.check_writable(path.parent, "--dir")
     text = json.dumps(plan, indent=1)  # unsorted: results.csv keeps the order of the space
-    fd, tmp = runs.temp_file(path, PLAN)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with runs.writing(path / PLAN):  # --dir a file, read-only, or a full disk: one line
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--dir {path}: not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "trials").mkdir(exist_ok=True)
+        fd, tmp = runs.temp_file(path, PLAN)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
     try:
         os.link(tmp, path / PLAN)
     except FileExistsError:
@@ -144,7 +148,7 @@ def check_search_dir(path: Path) -> None:
     if not path.exists():
         return
     if not path.is_dir():
-        raise ConfigError(f"--dir {path}: not a directory")
+        raise RunError(f"--dir {path}: not a directory")  # exit 1, as `--out` naming a file
     if (path / PLAN).is_file():
         return
     try:
