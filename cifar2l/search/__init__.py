@@ -109,6 +109,8 @@ def run_search(cfg, config_text: str, source: str, out, name: str, *, jobs: int 
     """The `search` command: plan (or reuse) a search directory, run trials, collect, and with
     `repeat_best` K > 1 retrain the best trial over K seeds (retrain_best)."""
     check_workers(jobs, shard)
+    if directory is not None:
+        runs.check_path_length(directory, "--dir")  # before anything looks at it
     if refine is not None:
         cfg = cfg.model_copy(update={"search": cfg.search.model_copy(
             update={"refine_from": str(refine)})})  # fmt: skip

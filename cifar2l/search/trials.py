@@ -171,7 +171,7 @@ def same_data(path: Path, plan: dict):
 
 def recorded_fingerprints(tdir: Path) -> dict | None:
     """The split fingerprints a finished trial's summary records (None: none recorded)."""
-    summary = read_summary(tdir)
+    summary, _ = read_summary(tdir)
     done = summary.get("data") if isinstance(summary, dict) else None
     prints = done.get("fingerprints") if isinstance(done, dict) else None
     return prints if isinstance(prints, dict) else None
