@@ -10,6 +10,7 @@ import difflib
 import math
 import re
 import types
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -25,14 +26,16 @@ from pydantic import (
 )
 
 from . import untrusted
-from .errors import ConfigError
+from .errors import ConfigError, brief, clip
 
 BATCH_NAMES = [f"data_batch_{k}" for k in range(1, 6)]
 
 
 class _Section(BaseModel):
     # strict: YAML already types values, so "10" for an int is a mistake, not a conversion.
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    # allow_inf_nan=False: `1e400` (inf) or `.nan` would only surface later as a diverged run.
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True,
+                              allow_inf_nan=False)  # fmt: skip
 
 
 class DataConfig(_Section):
@@ -51,7 +54,12 @@ class DataConfig(_Section):
                 raise ValueError("must name at least one batch")
             bad = [b for b in v if b not in BATCH_NAMES]
             if bad:
-                raise ValueError(f"unknown batch {bad[0]!r}; allowed: {', '.join(BATCH_NAMES)}")
+                raise ValueError(f"unknown batch {brief(bad[0])}; allowed: "
+                                 f"{', '.join(BATCH_NAMES)} (test_batch only as data.test)")
+            twice = [b for b, n in Counter(v).items() if n > 1]
+            if twice:  # its images would be trained twice, or leak into a val_size split
+                raise ValueError(f"{twice[0]} is listed twice: an image belongs to one split, "
+                                 "once")  # fmt: skip
         return v
 
     @model_validator(mode="after")
@@ -175,13 +183,13 @@ class Distribution(_Section):
             if not args:
                 raise ValueError("choice: needs at least one value")
         elif len(args) != 2 or args[0] > args[1]:
-            raise ValueError(f"{kind}: expected [low, high] with low <= high, got {args}")
+            raise ValueError(f"{kind}: expected [low, high] with low <= high, got {brief(args)}")
         elif not all(math.isfinite(a) for a in args):
             raise ValueError(f"{kind}: bounds must be finite numbers, got {args}")
         elif kind == "log_uniform" and args[0] <= 0:
             raise ValueError(f"log_uniform: bounds must be > 0, got {args}")
         elif kind == "int_uniform" and not -(2**63) <= args[0] <= args[1] < 2**63:
-            raise ValueError(f"int_uniform: bounds must be 64-bit integers, got {args}")
+            raise ValueError(f"int_uniform: bounds must be 64-bit integers, got {brief(args)}")
         return self
 
     @model_serializer
@@ -225,7 +233,8 @@ class SearchConfig(_Section):
                 raise ValueError("'init_seed' is drawn per trial from search.seed; "
                                  "it cannot be searched")  # fmt: skip
             if not _is_leaf(key.split(".")):
-                raise ValueError(f"{key!r} is not a config key (e.g. optim.lambda, model.hidden)")
+                raise ValueError(f"{brief(key)} is not a config key (e.g. optim.lambda, "
+                                 "model.hidden)")  # fmt: skip
         return space
 
 
@@ -357,7 +366,7 @@ def _mapping_without_duplicates(loader, node, deep=False):
         key = loader.construct_object(key_node, deep=deep)
         if isinstance(key, str | int | float | bool):
             if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {brief(key)}",
                                                         key_node.start_mark)  # fmt: skip
             seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
@@ -365,28 +374,94 @@ def _mapping_without_duplicates(loader, node, deep=False):
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
 
+MAX_ALIAS_NODES = 10_000  # nodes aliases may add: a block reused is dozens, a YAML bomb billions
+
+
+class _SelfAlias(Exception):
+    """An alias inside the node its anchor names: a structure that contains itself."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.node = node
+
+
+def expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """(distinct nodes, nodes once every alias is expanded) of a composed YAML document.
+
+    An alias is the same node object as its anchor, so the expansion is counted without being
+    built: each distinct node once, memoised. Raises _SelfAlias on a node that contains itself.
+    """
+    sizes: dict[int, int] = {}
+    inside: set[int] = set()
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in inside:
+            raise _SelfAlias(node)
+        inside.add(id(node))
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+            else [])  # fmt: skip
+        sizes[id(node)] = 1 + sum(size(child) for child in children)
+        inside.discard(id(node))
+        return sizes[id(node)]
+
+    total = size(root)
+    return len(sizes), total
+
+
+def _check_aliases(root: yaml.Node, source: str) -> None:
+    try:
+        distinct, total = expanded_size(root)
+    except _SelfAlias as e:
+        mark = e.node.start_mark
+        raise ConfigError(f"{source}: invalid YAML (line {mark.line + 1}, column "
+                          f"{mark.column + 1}): an alias refers to the node that contains it "
+                          "(a structure that contains itself)") from None  # fmt: skip
+    if total - distinct > MAX_ALIAS_NODES:
+        raise ConfigError(f"{source}: invalid YAML: aliases expand {distinct} nodes to {total} "
+                          f"(at most {MAX_ALIAS_NODES} more are allowed): an alias bomb?")
+
 
 def parse_yaml(text: str, source: str) -> Any:
+    """One YAML document, read safely: no Python tags, no duplicate keys, bounded aliases."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return _load_bounded(text, source)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+        raise ConfigError(f"{source}: invalid YAML{where}: {clip(problem, 200)}") from None
     except RecursionError:  # PyYAML composes recursively: thousands of nested [ or {
         raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
 
 
-def _read_yaml_file(path: Path) -> dict[str, Any]:
-    # A FIFO would block, /dev/zero never end, a huge file fill memory: untrusted.read_limited
-    # reads only a regular file, and at most MAX_CONFIG_BYTES of it.
+def _load_bounded(text: str, source: str) -> Any:
+    loader = _Loader(text)  # checks the characters first (a NUL byte is a ReaderError)
+    try:
+        node = loader.get_single_node()  # composed only: aliases are still shared nodes here
+        if node is None:
+            return None
+        _check_aliases(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _read_text(path: Path) -> str:
+    """The file's text (UTF-8). A FIFO would block, /dev/zero never end, a huge file fill
+    memory: untrusted.read_limited reads only a regular file, and at most 1 MiB of it."""
     blob = untrusted.read_limited(path, untrusted.MAX_CONFIG_BYTES, ConfigError, "config file")
     try:
-        text = blob.decode()
+        return blob.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: cannot read config file ({e})") from None
-    doc = parse_yaml(text, str(path))
+        raise ConfigError(f"{path}: cannot read config file (not UTF-8: byte {e.start} is "
+                          f"{blob[e.start:e.start + 1]!r})") from None  # fmt: skip
+
+
+def _read_yaml_file(path: Path) -> dict[str, Any]:
+    doc = parse_yaml(_read_text(path), str(path))
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -435,13 +510,25 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (["a", "b", "c"], value typed as YAML)."""
+    """`a.b.c=value` -> (["a", "b", "c"], value typed as YAML); a key of search.space is a
+    dotted config key itself: `search.space.optim.lambda=...` -> (["search", "space",
+    "optim.lambda"], ...)."""
     key, sep, value = text.partition("=")
     key = key.strip()
     parts = key.split(".")
     if not sep or not key or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in parts):
-        raise ConfigError(f"--set {text!r}: expected dotted.key=value, e.g. optim.lambda=0.01")
-    return parts, parse_yaml(value, f"--set {key}") if value.strip() else None
+        raise ConfigError(f"--set {brief(text)}: expected dotted.key=value, e.g. "
+                          "optim.lambda=0.01")  # fmt: skip
+    return _space_key(parts), parse_yaml(value, f"--set {clip(key, 80)}") if value.strip() else None
+
+
+def _space_key(parts: list[str]) -> list[str]:
+    if parts[:2] != ["search", "space"] or len(parts) < 4:
+        return parts
+    for end in range(len(parts), 3, -1):  # the longest config key: optim.lambda, then .uniform
+        if _is_leaf(parts[2:end]):
+            return [*parts[:2], ".".join(parts[2:end]), *parts[end:]]
+    return [*parts[:2], ".".join(parts[2:])]  # not a config key: search.space says so
 
 
 def set_dotted(raw: dict, parts: list[str], value: Any, what: str) -> dict:
@@ -453,7 +540,7 @@ def set_dotted(raw: dict, parts: list[str], value: Any, what: str) -> dict:
         if child is None:
             child = {}
         elif not isinstance(child, dict):
-            raise ConfigError(f"{what}: {'.'.join(parts[: i + 1])} is not a section")
+            raise ConfigError(f"{what}: {clip('.'.join(parts[: i + 1]), 80)} is not a section")
         node[part] = dict(child)
         node = node[part]
     node[parts[-1]] = value
@@ -463,7 +550,7 @@ def set_dotted(raw: dict, parts: list[str], value: Any, what: str) -> dict:
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for text in overrides:
         parts, value = parse_override(text)
-        raw = set_dotted(raw, parts, value, f"--set {text!r}")
+        raw = set_dotted(raw, parts, value, f"--set {brief(text)}")
     return raw
 
 
@@ -475,19 +562,30 @@ def validate(raw: dict, source: str) -> Config:
 
 
 def _describe(err: dict, raw: dict) -> str:
-    loc = _error_keys(err["loc"], raw)
+    loc = [clip(part, 80) for part in _error_keys(err["loc"], raw)]
     key = ".".join(loc) or "(top level)"
     if err["type"] == "extra_forbidden" and loc:
-        allowed = _allowed_keys(loc[:-1])
-        close = difflib.get_close_matches(loc[-1], allowed, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        return f"{key}: unknown key{hint} (allowed: {', '.join(allowed)})"
+        return f"{key}: unknown key{_unknown_key_hint(loc)}"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] in ("missing",):
         return f"{key}: required"
     if "input" in err and err["type"] != "value_error":
-        return f"{key}: {msg} (got {err['input']!r})"
+        return f"{key}: {msg} (got {brief(err['input'])})"
     return f"{key}: {msg}"
+
+
+def _unknown_key_hint(loc: list[str]) -> str:
+    """A did-you-mean, or how to nest a dotted key, then the allowed keys."""
+    allowed = _allowed_keys(loc[:-1])
+    parts = [*loc[:-1], *loc[-1].split(".")]
+    if "." in loc[-1] and _is_leaf(parts):  # `optim.lambda: 0.1` in a file
+        head, *rest = loc[-1].split(".")
+        nested = "".join(f"{k}: {{" for k in rest[:-1])
+        hint = f"; write it nested, as {head}: {{{nested}{rest[-1]}: ...{'}' * len(rest)}"
+    else:
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"{hint} (allowed: {', '.join(allowed)})"
 
 
 def _error_keys(loc: tuple, raw: Any) -> list[str]:

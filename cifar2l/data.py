@@ -511,6 +511,70 @@ def _concat(parts):
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
 
+# ---------------------------------------------------------------- one image, one split
+
+# 32 of a row's 384 8-byte words, spread over the image, and a fixed odd multiplier for each: a
+# row's key is the wrapped sum of their products. Equal rows have equal keys; a shared key is
+# then confirmed on the full rows, so a collision can never refuse good data.
+_KEY_WORDS = np.linspace(0, D // 8 - 1, 32).astype(np.intp)
+_KEY_MULTIPLIERS = np.random.default_rng(0).integers(1, 2**63, 32, dtype=np.uint64) | np.uint64(1)
+SHARED_LIMIT = 0.01  # a larger fraction of a split seen in another one is refused
+
+
+def row_keys(x: np.ndarray) -> np.ndarray:
+    """(N,) uint64 keys of (N, 3072) uint8 rows (see _KEY_WORDS); ~0.03 s for 60,000 rows."""
+    words = np.ascontiguousarray(x).view(np.uint64)[:, _KEY_WORDS]
+    return (words * _KEY_MULTIPLIERS).sum(axis=1, dtype=np.uint64)
+
+
+def shared_rows(a: np.ndarray, keys_a: np.ndarray, b: np.ndarray, keys_b: np.ndarray) -> int:
+    """How many rows of `b` equal, pixel for pixel, a row of `a` (with their row_keys)."""
+    if not len(a) or not len(b):
+        return 0
+    order = np.argsort(keys_a, kind="stable")
+    sorted_keys = keys_a[order]
+    at = np.searchsorted(sorted_keys, keys_b).clip(max=len(a) - 1)
+    candidates = np.flatnonzero(sorted_keys[at] == keys_b)
+    if not len(candidates):
+        return 0
+    match = order[at[candidates]]  # the first row of `a` with that key
+    return int((a[match] == b[candidates]).all(axis=1).sum())
+
+
+def split_keys(data_cfg) -> dict[str, str]:
+    """The config keys that define each split, for messages."""
+    train = "all" if data_cfg.train == "all" else ", ".join(data_cfg.train)
+    val = "data.val_size (held out of data.train)" if data_cfg.val_size is not None else (
+        f"data.val ({', '.join(data_cfg.val)})")  # fmt: skip
+    return {"train": f"data.train ({train})", "val": val, "test": "data.test (test_batch)"}
+
+
+def check_splits(raw: dict, data_cfg, source: str) -> None:
+    """Refuse a split without images, and splits that share images (the same image under two
+    names in the data: a copied batch or file); a few shared images, as a real dataset may
+    hold, are only reported."""
+    from .console import warn
+
+    names = [k for k in ("train", "val", "test") if raw.get(k) is not None]
+    where = split_keys(data_cfg)
+    for name in names:
+        if not len(raw[name][1]):
+            raise DataError(f"{source}: {where[name]}: the {name} split has no images")
+    keys = {k: row_keys(raw[k][0]) for k in names}
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            n = shared_rows(raw[first][0], keys[first], raw[second][0], keys[second])
+            if not n:
+                continue
+            size = len(raw[second][1])
+            what = (f"{where[second]} and {where[first]}: {n} of the {size} data.{second} images "
+                    f"are pixel-identical to data.{first} images")  # fmt: skip
+            if n > SHARED_LIMIT * min(size, len(raw[first][1])):
+                raise DataError(f"{source}: {what}; the same image under two names would be in "
+                                "two splits")  # fmt: skip
+            warn(f"{source}: {what} (under {SHARED_LIMIT:.0%}, kept)")
+
+
 def fit_standardizer(x: np.ndarray, per: str = "per_feature") -> tuple[np.ndarray, np.ndarray]:
     """Mean and std (D,) of the training rows (float64); constant features get std 1.
 
@@ -542,6 +606,7 @@ def prepare(data_cfg, dtype: str, rng: np.random.Generator) -> Prepared:
     """Locate, load, split and standardise with the training split's statistics only."""
     ds = load_dataset(find_source(data_cfg.root))
     raw = select_splits(ds, data_cfg, rng)
+    check_splits(raw, data_cfg, ds.source)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL
         prints = {k: pool.submit(fingerprint, *v) for k, v in raw.items() if v is not None}
         mean, std = fit_standardizer(raw["train"][0], data_cfg.standardize)

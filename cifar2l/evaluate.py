@@ -10,7 +10,7 @@ import numpy as np
 from . import config as config_mod
 from . import console, data, network, plots, runs
 from . import ensemble as ens
-from .errors import ConfigError, RunError
+from .errors import ConfigError, RunError, brief, clip
 from .rngs import make_rngs
 from .weights import Weights, load_weights
 
@@ -44,7 +44,8 @@ def check_overrides(overrides: list[str]) -> None:
     for text in overrides:
         key = ".".join(config_mod.parse_override(text)[0])
         if key not in SETTABLE:
-            raise ConfigError(f"--set {text}: evaluate scores the splits the run was trained "
+            shown = clip(text, 80)
+            raise ConfigError(f"--set {shown}: evaluate scores the splits the run was trained "
                               f"with, rebuilt from its saved config; only {', '.join(SETTABLE)} "
                               "(where the data lives) may be set")  # fmt: skip
 
@@ -81,7 +82,7 @@ def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str 
     """Score a run's weights on a split; with `ensemble`, the average of its snapshots'
     softmax outputs instead of its final weights."""
     if split not in SPLITS:
-        raise ConfigError(f"--split {split!r}: allowed values: {', '.join(SPLITS)}")
+        raise ConfigError(f"--split {brief(split)}: allowed values: {', '.join(SPLITS)}")
     started = time.perf_counter()
     paths = ens.run_members(target) if ensemble else []
     w = load_weights(paths[-1] if paths else target)  # the stored config and standardisation
