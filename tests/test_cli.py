@@ -219,7 +219,7 @@ def test_train_with_val_size_hold_out(out, data_set):
 
 def test_runs_started_in_the_same_second_get_distinct_dirs(out, data_set, monkeypatch):
     fake_time = SimpleNamespace(strftime=lambda fmt: "20250101-000000",
-                                perf_counter=time.perf_counter)  # fmt: skip
+                                perf_counter=time.perf_counter, time=time.time)  # fmt: skip
     monkeypatch.setattr(runs, "time", fake_time)
     a = train_json(out, data_set)
     b = train_json(out, data_set)
