@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -23,6 +24,17 @@ def isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.delenv("CIFAR2L_DATA", raising=False)
     monkeypatch.setenv("CIFAR2L_URL", "file:///nonexistent/cifar-10-python.tar.gz")
+
+
+@contextlib.contextmanager
+def module_env(base: Path):
+    """For a module-scoped fixture: what `isolated_env` does per test (a cache under `base`,
+    no CIFAR2L_DATA, no download address)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(base / "cache"))
+        mp.delenv("CIFAR2L_DATA", raising=False)
+        mp.setenv("CIFAR2L_URL", "file:///nonexistent/cifar-10-python.tar.gz")
+        yield mp
 
 
 def synthetic_rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

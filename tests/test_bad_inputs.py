@@ -24,6 +24,7 @@ from .conftest import (
     ROOT,
     invoke,
     make_tar,
+    module_env,
     ok,
     png_bytes,
     synthetic_rows,
@@ -529,10 +530,7 @@ CASES = [
 def trained(tmp_path_factory) -> Path:
     """One finished smoke run for the module (cases copy it before changing anything)."""
     base = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as mp:  # what conftest's autouse fixture does per test
-        mp.setenv("XDG_CACHE_HOME", str(base / "cache"))
-        mp.delenv("CIFAR2L_DATA", raising=False)
-        mp.setenv("CIFAR2L_URL", "file:///nonexistent/cifar-10-python.tar.gz")
+    with module_env(base):
         src = write_official_dir(base / "src")
         ok("train", SMOKE, "--set", f"data.root={src}", "--out", base / "runs", "--quiet")
     (run,) = (base / "runs").iterdir()

@@ -30,6 +30,7 @@ from cifar2l import runs, untrusted
 from .conftest import (
     ROOT,
     invoke,
+    module_env,
     ok,
     one_error_line,
     png_bytes,
@@ -48,9 +49,7 @@ EXPECTED = "expected={item: 'Table 2: smoke', accuracy: {train: 0.0, val: 0.0}, 
 def trained(tmp_path_factory) -> Path:
     """One finished smoke run that `report` compares (its config has an expected: block)."""
     base = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as mp:  # what conftest's autouse fixture does per test
-        mp.setenv("XDG_CACHE_HOME", str(base / "cache"))
-        mp.delenv("CIFAR2L_DATA", raising=False)
+    with module_env(base):
         src = write_official_dir(base / "src")
         ok("train", SMOKE, "--set", f"data.root={src}", "--set", EXPECTED,
            "--out", base / "runs", "--quiet")  # fmt: skip

@@ -17,7 +17,7 @@ from cifar2l.config import Distribution, load_config
 from cifar2l.errors import RunError
 from cifar2l.search import trials as trials_mod
 
-from .conftest import invoke, ok, one_error_line, write_official_dir
+from .conftest import invoke, module_env, ok, one_error_line, write_official_dir
 from .test_search import (
     comparable,
     fake_search,
@@ -198,9 +198,7 @@ def test_repeat_best_when_every_trial_failed_names_the_failures(tmp_path, offici
 def searched(tmp_path_factory) -> Path:
     """One finished 3-trial search for the module (read-only: `finished` copies it)."""
     base = tmp_path_factory.mktemp("searched")
-    with pytest.MonkeyPatch.context() as mp:  # what conftest's autouse fixture does per test
-        mp.setenv("XDG_CACHE_HOME", str(base / "cache"))
-        mp.delenv("CIFAR2L_DATA", raising=False)
+    with module_env(base):
         src = write_official_dir(base / "src")
         ok("search", write_config(base / "s.yaml", src, trials=3, space=LAMBDA), "--dir",
            base / "d", "-q")  # fmt: skip

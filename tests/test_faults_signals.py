@@ -12,12 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cifar2l import checkpoint, runs, search
 
 from .conftest import ROOT, ok, write_official_dir
+from .test_resume import same_outputs
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 PY = [sys.executable, "-m", "cifar2l"]
@@ -70,13 +70,6 @@ def hidden(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))
 
 
-def same_weights(a: Path, b: Path) -> None:
-    assert (a / "metrics.csv").read_bytes() == (b / "metrics.csv").read_bytes()
-    with np.load(a / "weights.npz") as wa, np.load(b / "weights.npz") as wb:
-        for k in ("W1", "b1", "W2", "b2"):
-            np.testing.assert_array_equal(wa[k], wb[k])
-
-
 @pytest.fixture
 def src(tmp_path) -> Path:
     return write_official_dir(tmp_path / "src", per_batch=200)
@@ -126,7 +119,7 @@ def test_signal_during_repeat_then_resume_equals_uninterrupted(tmp_path, src, si
     assert resumed["status"] == "completed" and resumed["resumed_from_step"] > 0
     reference = only_run(tmp_path / "ref")
     for k in range(3):
-        same_weights(run / "repeats" / f"{k:02d}", reference / "repeats" / f"{k:02d}")
+        same_outputs(run / "repeats" / f"{k:02d}", reference / "repeats" / f"{k:02d}")
     assert resumed["accuracy_runs"] == summary(reference)["accuracy_runs"]
     assert not (run / checkpoint.NAME).exists() and hidden(run) == []
 
@@ -365,7 +358,7 @@ def test_kill_9_during_a_checkpoint_write_leaves_no_temp_in_the_finished_run(tmp
     again = subprocess.run([*PY, "train", "--resume", run, "-q"], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert hidden(run) == []
-    same_weights(run, only_run(tmp_path / "ref"))
+    same_outputs(run, only_run(tmp_path / "ref"))
 
 
 def test_stale_temps_in_a_search_dir_go_at_collect_live_ones_stay(tmp_path, src):
@@ -447,7 +440,7 @@ def test_signal_before_the_first_checkpoint_resumes_as_the_same_repeat(tmp_path,
     assert json.loads(again.stdout)["repeat"] == 3
     reference = only_run(tmp_path / "ref")
     for k in range(3):
-        same_weights(run / "repeats" / f"{k:02d}", reference / "repeats" / f"{k:02d}")
+        same_outputs(run / "repeats" / f"{k:02d}", reference / "repeats" / f"{k:02d}")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG")

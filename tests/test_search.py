@@ -23,7 +23,7 @@ from cifar2l.config import Distribution, dump_yaml, load_config
 from cifar2l.errors import ConfigError, RunError
 from cifar2l.rngs import make_rngs
 
-from .conftest import ROOT, invoke, ok, one_error_line, write_official_dir
+from .conftest import ROOT, invoke, module_env, ok, one_error_line, write_official_dir
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 KEYS = ["optim.lambda", "model.hidden"]  # the order of the space in the test configs
@@ -106,10 +106,7 @@ def only_dir(out: Path) -> Path:
 def coarse(tmp_path_factory) -> SimpleNamespace:
     """One finished 6-trial search, run once for the module (read-only for the tests)."""
     base = tmp_path_factory.mktemp("coarse")
-    with pytest.MonkeyPatch.context() as mp:  # what conftest's autouse fixture does per test
-        mp.setenv("XDG_CACHE_HOME", str(base / "cache"))
-        mp.delenv("CIFAR2L_DATA", raising=False)
-        mp.setenv("CIFAR2L_URL", "file:///nonexistent/cifar-10-python.tar.gz")
+    with module_env(base):
         src = write_official_dir(base / "src")
         config = write_config(base / "search.yaml", src)
         result = ok("search", config, "--out", base / "runs")  # not quiet: the top table
