@@ -118,7 +118,7 @@ def run_search(cfg, config_text: str, source: str, out, name: str, *, jobs: int 
     started = time.perf_counter()
     plan = make_plan(cfg, source)
     if directory is None or not directory.exists():
-        check_sources(plan)  # missing data: one error, and no search directory
+        check_sources(plan, load=True)  # missing or unreadable data: one error, no search dir
     path = directory or runs.create_run_dir(Path(out), "search", name)
     create_search_dir(path, plan, config_text)
     return execute(path, jobs, parse_shard(shard), collect_after, started, repeat_best)
