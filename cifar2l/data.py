@@ -553,8 +553,6 @@ def check_splits(raw: dict, data_cfg, source: str) -> None:
     """Refuse a split without images, and splits that share images (the same image under two
     names in the data: a copied batch or file); a few shared images, as a real dataset may
     hold, are only reported."""
-    from .console import warn
-
     names = [k for k in ("train", "val", "test") if raw.get(k) is not None]
     where = split_keys(data_cfg)
     for name in names:
@@ -572,7 +570,7 @@ def check_splits(raw: dict, data_cfg, source: str) -> None:
             if n > SHARED_LIMIT * min(size, len(raw[first][1])):
                 raise DataError(f"{source}: {what}; the same image under two names would be in "
                                 "two splits")  # fmt: skip
-            warn(f"{source}: {what} (under {SHARED_LIMIT:.0%}, kept)")
+            console.warn(f"{source}: {what} (under {SHARED_LIMIT:.0%}, kept)")
 
 
 def fit_standardizer(x: np.ndarray, per: str = "per_feature") -> tuple[np.ndarray, np.ndarray]:
