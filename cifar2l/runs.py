@@ -270,6 +270,41 @@ def open_run(out: Path, command: str, name: str, cfg, config_text: str, started=
     return start_run(create_run_dir(Path(out), command, name), command, cfg, config_text, started)
 
 
+def locked(path: Path) -> bool | None:
+    """Whether a process holds a flock on `path` now (dir_lock, a search trial's claim), read
+    from Linux's /proc/locks without taking the lock, so a process about to take it is never
+    turned away. None where the system cannot say (no /proc/locks, `path` gone)."""
+    try:
+        st = os.stat(path)
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any("FLOCK" in line and inode in line.split() for line in table.splitlines())
+
+
+def status_of(path: Path, summary: dict) -> str:
+    """The summary's status as a person should read it: a `running` run that no process works
+    in (its process was killed with SIGKILL, or its machine went down) says so, and an
+    unfinished train or search run names the command that continues it."""
+    status = str(summary.get("status"))
+    if status == "running" and locked(path) is False:
+        status = "running, but no process is working in it (killed?)"
+    elif status != "interrupted":
+        return status
+    resume = resume_command(path, summary)
+    return f"{status}: continue it with {resume}" if resume else status
+
+
+def resume_command(path: Path, summary: dict) -> str | None:
+    """The command that continues the unfinished run `path` (None: it cannot be resumed)."""
+    if path.parent.name == "trials" and (path.parent.parent / "search.json").is_file():
+        return f"cifar2l search --resume {path.parent.parent}"  # a search trial
+    if summary.get("command") in ("train", "search"):
+        return f"cifar2l {summary['command']} --resume {path}"
+    return None
+
+
 @contextlib.contextmanager
 def dir_lock(path: Path):
     """Hold an exclusive flock on the directory `path` itself (nothing is written into it);

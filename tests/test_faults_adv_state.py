@@ -1,0 +1,117 @@
+"""Issue 15, an adversarial pass over process and state faults: what later commands say about
+work whose process is gone (killed with SIGKILL, stopped by a signal) or still alive. Real
+processes and real signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cifar2l import checkpoint, runs
+
+from .conftest import write_official_dir
+from .test_faults_signals import PY, SMOKE, TIMEOUT, one_error, only_run, train_args, wait_for
+
+
+@pytest.fixture
+def src(tmp_path) -> Path:
+    return write_official_dir(tmp_path / "src", per_batch=200)
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([*PY, *map(str, args)], capture_output=True, text=True,
+                          timeout=TIMEOUT)  # fmt: skip
+
+
+def search_config(tmp_path: Path, src: Path) -> Path:
+    """Three unfused trials long enough to be caught in the middle of the first."""
+    path = tmp_path / "search.yaml"
+    path.write_text(
+        f"extends: {SMOKE}\n"
+        f"data: {{root: {src}, train: all, val: null, val_size: 40}}\n"
+        "schedule: {n_s: 3000, eta_max: 0.01}\n"
+        "train: {checkpoint_every: 20, log_every: 1000}\n"
+        "search:\n  trials: 3\n  seed: 3\n  fuse: 'off'\n  space:\n"
+        "    optim.lambda: {log_uniform: [1.0e-4, 1.0e-1]}\n"
+    )
+    return path
+
+
+def started_search(tmp_path: Path, src: Path, out: Path) -> tuple[subprocess.Popen, Path]:
+    proc = subprocess.Popen([*PY, "search", search_config(tmp_path, src), "--out", out, "-q"],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for(lambda: list(out.glob(f"*/trials/000/{checkpoint.NAME}")), proc, "a checkpoint")
+    return proc, only_run(out)
+
+
+def test_collect_of_a_killed_search_says_interrupted_not_running(tmp_path, src):
+    proc, path = started_search(tmp_path, src, tmp_path / "runs")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=TIMEOUT)
+    collected = run_cli("search", "collect", path, "--json", "-q")
+    assert collected.returncode == 0, collected.stderr
+    s = json.loads(collected.stdout)
+    assert s["status"] == "interrupted" and s["pending"] == 3, s  # no process works on it
+    rep = run_cli("report", path, "--out", tmp_path / "report")
+    assert rep.returncode == 1
+    one_error(rep.stderr, "status interrupted", f"cifar2l search --resume {path}")
+    assert run_cli("search", "--resume", path, "-q").returncode == 0
+    assert json.loads((path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_collect_while_a_trial_trains_says_running(tmp_path, src):
+    proc, path = started_search(tmp_path, src, tmp_path / "runs")
+    try:
+        collected = run_cli("search", "collect", path, "--json", "-q")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=TIMEOUT)
+    assert collected.returncode == 0, collected.stderr
+    assert json.loads(collected.stdout)["status"] == "running"  # trial 000 is being trained
+    assert proc.returncode == 143, err
+
+
+def test_evaluate_and_report_of_a_killed_run_say_it_is_not_running(tmp_path, src):
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([*PY, "train", *train_args(src, n_s=3000), "--out", out],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for(lambda: list(out.glob(f"*/{checkpoint.NAME}")), proc, "the first checkpoint")
+    run = only_run(out)
+    alive = run_cli("evaluate", run)  # while it trains: plainly running
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=TIMEOUT)
+    assert alive.returncode == 1
+    one_error(alive.stderr, "no weights file: the run is running")
+    assert "killed" not in alive.stderr
+    assert json.loads((run / "summary.json").read_text())["status"] == "running"
+    hint = f"continue it with cifar2l train --resume {run}"
+    for args in (["evaluate", run], ["report", run, "--out", tmp_path / "report"]):
+        result = run_cli(*args)
+        assert result.returncode == 1
+        one_error(result.stderr, "no process is working in it (killed?)", hint)
+
+
+def test_evaluate_of_an_interrupted_run_names_the_resume(tmp_path, src):
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([*PY, "train", *train_args(src, n_s=3000), "--out", out],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for(lambda: list(out.glob(f"*/{checkpoint.NAME}")), proc, "the first checkpoint")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=TIMEOUT)
+    run = only_run(out)
+    result = run_cli("evaluate", run)
+    assert result.returncode == 1
+    one_error(result.stderr, "the run is interrupted: continue it with cifar2l train --resume "
+              f"{run}")  # fmt: skip
+
+
+def test_locked_reads_the_lock_table_without_taking_the_lock(tmp_path):
+    assert runs.locked(tmp_path) is False
+    with runs.dir_lock(tmp_path):
+        assert runs.locked(tmp_path) is True
+    assert runs.locked(tmp_path) is False
+    assert runs.locked(tmp_path / "gone") is None
