@@ -256,8 +256,9 @@ def run_train(cfg, config_text: str, config_path: str, out, name: str, repeat: i
     opened = runs.start_run(into, "train", cfg, config_text, started) if into is not None else \
         runs.open_run(out, "train", name, cfg, config_text, started)  # fmt: skip
     with opened as run:
-        if repeat > 1:  # first: a run interrupted before its first checkpoint resumes as K
-            run.summary["repeat"] = repeat
+        if repeat > 1:  # first: a run interrupted before its first checkpoint resumes as K,
+            run.summary["repeat"] = repeat  # also one killed with SIGKILL (its summary on disk)
+            run.save_summary()
         sizes = "/".join(str(v) for v in split_sizes(prep).values())
         what = f"{repeat} repeats trained together" if repeat > 1 else f"data: {prep.source} " \
             f"({prep.format}), train/val/test {sizes}"  # fmt: skip
@@ -450,7 +451,7 @@ def read_run_summary(run_dir: Path) -> dict:
 
 def resume_state(run_dir: Path, summary: dict):
     """(the run's checkpoint (checkpoint.Saved), its number of trials); (None, trials) (start
-    over, in place) for a run stopped before its first checkpoint.
+    over, in place) for a run stopped or killed before its first checkpoint.
 
     The trials are the summary's `repeat`; a repeat run killed (SIGKILL) before its summary
     recorded it has only its checkpoint's count to go by (its guard still checks the rest).
@@ -462,6 +463,8 @@ def resume_state(run_dir: Path, summary: dict):
         saved = checkpoint.read(run_dir / checkpoint.NAME)
         return saved, trials or len(saved.state.rows)
     status = summary.get("status")
-    if status != "interrupted":
+    # `running` with the directory's lock ours (run_resume holds it): its process was killed
+    # (SIGKILL, a lost machine) before its first checkpoint, and it starts over like this too
+    if status not in ("interrupted", "running"):
         raise RunError(f"{run_dir}: no checkpoint to resume from (status {status or 'unknown'})")
     return None, trials or 1

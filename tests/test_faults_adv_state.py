@@ -15,6 +15,7 @@ from cifar2l import checkpoint, runs
 
 from .conftest import write_official_dir
 from .test_faults_signals import PY, SMOKE, TIMEOUT, one_error, only_run, train_args, wait_for
+from .test_resume import same_outputs
 
 
 @pytest.fixture
@@ -115,3 +116,32 @@ def test_locked_reads_the_lock_table_without_taking_the_lock(tmp_path):
         assert runs.locked(tmp_path) is True
     assert runs.locked(tmp_path) is False
     assert runs.locked(tmp_path / "gone") is None
+
+
+# ------------------------------------------- kill -9 before the first checkpoint, then resume
+
+
+@pytest.mark.parametrize("repeat", [1, 3])
+def test_kill_9_before_the_first_checkpoint_resumes_by_starting_over(tmp_path, src, repeat):
+    args = ["train", *train_args(src, n_s=2000), "--set", "train.checkpoint_every=null",
+            "--repeat", repeat]  # fmt: skip  (the first checkpoint: the cycle end, 4000 updates)
+    ref = run_cli(*args, "--out", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([*PY, *map(str, args), "--out", out], stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    started = "*/repeats/00" if repeat > 1 else "*/summary.json"  # training under way
+    wait_for(lambda: list(out.glob(started)), proc, "the run's start")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=TIMEOUT)
+    run = only_run(out)
+    assert not (run / checkpoint.NAME).exists()
+    assert json.loads((run / "summary.json").read_text())["status"] == "running"
+    again = run_cli("train", "--resume", run, "-q")
+    assert again.returncode == 0, again.stderr  # its process is gone: start over in place
+    reference = only_run(tmp_path / "ref")
+    subs = [f"repeats/{k:02d}" for k in range(repeat)] if repeat > 1 else ["."]
+    for sub in subs:
+        same_outputs(run / sub, reference / sub)
+    s = json.loads((run / "summary.json").read_text())
+    assert s["status"] == "completed" and s.get("repeat", 1) == repeat
