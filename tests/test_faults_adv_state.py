@@ -123,8 +123,9 @@ def test_locked_reads_the_lock_table_without_taking_the_lock(tmp_path):
 
 @pytest.mark.parametrize("repeat", [1, 3])
 def test_kill_9_before_the_first_checkpoint_resumes_by_starting_over(tmp_path, src, repeat):
+    # the first checkpoint would be at the cycle end, after 4000 updates
     args = ["train", *train_args(src, n_s=2000), "--set", "train.checkpoint_every=null",
-            "--repeat", repeat]  # fmt: skip  (the first checkpoint: the cycle end, 4000 updates)
+            "--repeat", repeat]  # fmt: skip
     ref = run_cli(*args, "--out", tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "cut"
@@ -145,3 +146,24 @@ def test_kill_9_before_the_first_checkpoint_resumes_by_starting_over(tmp_path, s
         same_outputs(run / sub, reference / sub)
     s = json.loads((run / "summary.json").read_text())
     assert s["status"] == "completed" and s.get("repeat", 1) == repeat
+
+
+# ------------------------------------------- snapshots removed from an interrupted run
+
+
+def test_resume_after_its_snapshots_were_removed_is_refused_and_changes_nothing(tmp_path, src):
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([*PY, "train", *train_args(src, n_s=3000), "--set",
+                             "train.snapshots=[100,4000,6000]", "--out", out],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_for(lambda: list(out.glob("*/snapshots/step-000100.npz")), proc, "the first snapshot")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=TIMEOUT)
+    run = only_run(out)
+    assert proc.returncode == 130
+    (run / "snapshots" / "step-000100.npz").unlink()  # tidied away by hand
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    again = run_cli("train", "--resume", run, "-q")
+    assert again.returncode == 1  # not a completed run with an ensemble of 2 instead of 3
+    one_error(again.stderr, "step-000100.npz: snapshot missing")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
