@@ -89,7 +89,12 @@ def temp_file(folder: Path, name: str, suffix: str = "") -> tuple[int, str]:
     Its name carries its writer (`writer_tag`), so a later start can tell a leftover of a killed
     process from a file being written right now (`remove_stale_temps`)."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{writer_tag()}.", suffix=suffix)
-    os.fchmod(fd, 0o666 & ~umask())
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+    except BaseException:  # a signal (umask is Python code: its handler can run there)
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return fd, tmp
 
 

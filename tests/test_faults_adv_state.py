@@ -14,7 +14,16 @@ import pytest
 from cifar2l import checkpoint, runs
 
 from .conftest import write_official_dir
-from .test_faults_signals import PY, SMOKE, TIMEOUT, one_error, only_run, train_args, wait_for
+from .test_faults_signals import (
+    PY,
+    SMOKE,
+    TIMEOUT,
+    one_error,
+    only_run,
+    patched,
+    train_args,
+    wait_for,
+)
 from .test_resume import same_outputs
 
 
@@ -167,3 +176,34 @@ def test_resume_after_its_snapshots_were_removed_is_refused_and_changes_nothing(
     assert again.returncode == 1  # not a completed run with an ensemble of 2 instead of 3
     one_error(again.stderr, "step-000100.npz: snapshot missing")
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+# ------------------------------------------- a signal while numba compiles the kernels
+
+# The first time a kernel runs with a cold cache, numba compiles it (seconds), and llvmlite calls
+# back into Python from C; the patch sends SIGTERM from inside such a callback (the object-cache
+# notification), as a Ctrl-C in the first seconds of a fresh install lands.
+IN_COMPILER = """\
+from llvmlite.binding import executionengine as ee
+set_cache, sent = ee.ExecutionEngine.set_object_cache, []
+def set_object_cache(self, notify=None, getbuffer=None):
+    def notified(module, buf):
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+            sum(range(100000))  # the handler runs here, inside the callback
+        return notify(module, buf)
+    return set_cache(self, notified if notify else None, getbuffer)
+ee.ExecutionEngine.set_object_cache = set_object_cache
+"""
+
+
+def test_sigterm_while_numba_compiles_is_not_lost(tmp_path, src, monkeypatch):
+    pytest.importorskip("numba")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba"))  # cold: it compiles
+    cmd = patched(IN_COMPILER, "train", SMOKE, "--set", f"data.root={src}", "--out",
+                  tmp_path / "runs", "-q")  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 143, result.stderr  # not 0: the signal is not dropped
+    one_error(result.stderr, "interrupted by SIGTERM")
+    for s in (tmp_path / "runs").glob("*/summary.json"):
+        assert json.loads(s.read_text())["status"] == "interrupted"
