@@ -160,6 +160,18 @@ def remove_stale_temps(folder: Path, recursive: bool = True) -> None:
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
+def remove_own_temps(folder: Path) -> None:
+    """Remove this process's temp files in `folder`, as it stops on an error or a signal: its
+    writes are synchronous, so none is being written now; each is one that a signal cut off
+    between its creation and the `try` that would have removed it. Never fails."""
+    with contextlib.suppress(OSError):
+        for p in folder.rglob(".*"):
+            m = TEMP_NAME.match(p.name)
+            if m and f"{m['host']}-{m['pid']}" == writer_tag() and not p.is_dir():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+
+
 def umask() -> int:
     """This process's umask, read without changing it (Linux), else by setting it back."""
     with contextlib.suppress(OSError, ValueError, StopIteration):
@@ -369,6 +381,7 @@ def _recorded(path: Path, command: str, cfg, config_text: str, started, fresh: b
         run.summary["error"] = "interrupted" if interrupted else str(e) or type(e).__name__
         run.summary["seconds"] = round(time.perf_counter() - start, 3)
         save_last_summary(run)
+        remove_own_temps(run.path)
         raise
     remove_stale_temps(run.path)  # a finished run keeps no leftovers of killed attempts
 

@@ -13,7 +13,7 @@ import pytest
 
 from cifar2l import checkpoint, runs
 
-from .conftest import write_official_dir
+from .conftest import ROOT, write_official_dir
 from .test_faults_signals import (
     PY,
     SMOKE,
@@ -207,3 +207,32 @@ def test_sigterm_while_numba_compiles_is_not_lost(tmp_path, src, monkeypatch):
     one_error(result.stderr, "interrupted by SIGTERM")
     for s in (tmp_path / "runs").glob("*/summary.json"):
         assert json.loads(s.read_text())["status"] == "interrupted"
+
+
+# ------------------------------------------- a signal just after a temp file is made
+
+IN_TEMP_FILE = """\
+import tempfile
+mkstemp = tempfile.mkstemp
+def signalled_mkstemp(*args, dir=None, **kwargs):
+    made = mkstemp(*args, dir=dir, **kwargs)
+    if Path(dir).name == "00" and Path(dir).parent.name == "repeats":  # a repeat's first file
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(100000))  # the handler runs here: made, not yet in the writer's try
+    return made
+tempfile.mkstemp = signalled_mkstemp
+from pathlib import Path
+"""
+
+
+def test_sigint_as_a_temp_file_is_made_leaves_no_temp(tmp_path, src):
+    out = tmp_path / "runs"
+    cmd = patched(IN_TEMP_FILE, "lrrange", ROOT / "configs" / "lrrange-80.yaml", "--set",
+                  f"data.root={src}", "--set", "data.val_size=200", "--repeat", 2, "--out",
+                  out, "-q")  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 130, result.stderr
+    one_error(result.stderr, "interrupted by SIGINT")
+    (run,) = out.iterdir()
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert [p.name for p in out.rglob(".*")] == []
