@@ -290,14 +290,35 @@ def open_run(out: Path, command: str, name: str, cfg, config_text: str, started=
 def locked(path: Path) -> bool | None:
     """Whether a process holds a flock on `path` now (dir_lock, a search trial's claim), read
     from Linux's /proc/locks without taking the lock, so a process about to take it is never
-    turned away. None where the system cannot say (no /proc/locks, `path` gone)."""
+    turned away. None where the system cannot say: no /proc/locks, `path` gone, or a network
+    file system (LOCAL_FILE_SYSTEMS)."""
     try:
         st = os.stat(path)
         table = Path("/proc/locks").read_text()
+        if file_system(path) not in LOCAL_FILE_SYSTEMS:
+            return None
     except OSError:
         return None
     inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     return any("FLOCK" in line and inode in line.split() for line in table.splitlines())
+
+
+# File systems whose flocks all show in this machine's /proc/locks. Not a network one (NFS,
+# Lustre, GPFS, ...): a shard on another node holds its lock on the server, unseen here.
+LOCAL_FILE_SYSTEMS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs"}
+
+
+def file_system(path: Path) -> str | None:
+    """The type of the file system `path` is on (the longest mount point of /proc/mounts
+    that contains it); None when unknown."""
+    real, best = os.path.realpath(path), ("", None)
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        point = fields[1].replace("\\040", " ") if len(fields) > 2 else ""
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, fields[2])
+    return best[1]
 
 
 def status_of(path: Path, summary: dict) -> str:

@@ -236,3 +236,11 @@ def test_sigint_as_a_temp_file_is_made_leaves_no_temp(tmp_path, src):
     (run,) = out.iterdir()
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
     assert [p.name for p in out.rglob(".*")] == []
+
+
+def test_on_a_network_file_system_a_running_run_is_not_called_killed(tmp_path, monkeypatch):
+    # another node's process holds its lock on the server, not in this machine's /proc/locks
+    monkeypatch.setattr(runs, "file_system", lambda path: "nfs4")
+    assert runs.locked(tmp_path) is None
+    assert runs.status_of(tmp_path, {"status": "running", "command": "train"}) == "running"
+    assert runs.file_system(Path("/")) is not None
