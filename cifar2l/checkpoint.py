@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +61,32 @@ def _handler(signum, frame):
     global _pending
     if _deferred or _stopping:
         _pending = signum  # the training loop stops at the next step boundary
+    elif in_jit_compiler(frame):
+        redeliver(signum)
     else:
         raise Interrupted(signum)
+
+
+JIT_PACKAGES = (f"{os.sep}numba{os.sep}", f"{os.sep}llvmlite{os.sep}")
+
+
+def in_jit_compiler(frame) -> bool:
+    """Whether the signal came while numba compiles (the first call of a kernel, seconds
+    with a cold cache). llvmlite calls back into Python from C there (ctypes), and an
+    exception raised in such a callback is printed and dropped: the signal would be lost
+    and the command would go on to exit 0."""
+    while frame is not None:
+        if any(p in frame.f_code.co_filename for p in JIT_PACKAGES):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def redeliver(signum: int) -> None:
+    """Send `signum` to this process again shortly, until it lands outside the compiler."""
+    timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+    timer.daemon = True
+    timer.start()
 
 
 def install_handlers() -> None:

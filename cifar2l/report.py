@@ -99,7 +99,7 @@ def load_item(run: Path) -> Item:
         raise Skipped(f"{run}: a {command or 'unknown'} run (the report compares "
                       f"{', '.join(ROWS)} runs)")  # fmt: skip
     if summary.get("status") != "completed":
-        raise Skipped(f"{run}: run not completed (status {summary.get('status')})")
+        raise Skipped(f"{run}: run not completed (status {runs.status_of(run, summary)})")
     cfg = config_mod.load_config(run / "config.yaml")
     expected = expected_for(run, summary, cfg)
     if expected is None:

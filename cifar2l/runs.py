@@ -89,7 +89,12 @@ def temp_file(folder: Path, name: str, suffix: str = "") -> tuple[int, str]:
     Its name carries its writer (`writer_tag`), so a later start can tell a leftover of a killed
     process from a file being written right now (`remove_stale_temps`)."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.{writer_tag()}.", suffix=suffix)
-    os.fchmod(fd, 0o666 & ~umask())
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+    except BaseException:  # a signal (umask is Python code: its handler can run there)
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return fd, tmp
 
 
@@ -153,6 +158,18 @@ def remove_stale_temps(folder: Path, recursive: bool = True) -> None:
         for p in [p for p in found if is_stale_temp(p, now)]:
             with contextlib.suppress(OSError):
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def remove_own_temps(folder: Path) -> None:
+    """Remove this process's temp files in `folder`, as it stops on an error or a signal: its
+    writes are synchronous, so none is being written now; each is one that a signal cut off
+    between its creation and the `try` that would have removed it. Never fails."""
+    with contextlib.suppress(OSError):
+        for p in folder.rglob(".*"):
+            m = TEMP_NAME.match(p.name)
+            if m and f"{m['host']}-{m['pid']}" == writer_tag() and not p.is_dir():
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
 
 def umask() -> int:
@@ -270,6 +287,62 @@ def open_run(out: Path, command: str, name: str, cfg, config_text: str, started=
     return start_run(create_run_dir(Path(out), command, name), command, cfg, config_text, started)
 
 
+def locked(path: Path) -> bool | None:
+    """Whether a process holds a flock on `path` now (dir_lock, a search trial's claim), read
+    from Linux's /proc/locks without taking the lock, so a process about to take it is never
+    turned away. None where the system cannot say: no /proc/locks, `path` gone, or a network
+    file system (LOCAL_FILE_SYSTEMS)."""
+    try:
+        st = os.stat(path)
+        table = Path("/proc/locks").read_text()
+        if file_system(path) not in LOCAL_FILE_SYSTEMS:
+            return None
+    except OSError:
+        return None
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any("FLOCK" in line and inode in line.split() for line in table.splitlines())
+
+
+# File systems whose flocks all show in this machine's /proc/locks. Not a network one (NFS,
+# Lustre, GPFS, ...): a shard on another node holds its lock on the server, unseen here.
+LOCAL_FILE_SYSTEMS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs"}
+
+
+def file_system(path: Path) -> str | None:
+    """The type of the file system `path` is on (the longest mount point of /proc/mounts
+    that contains it); None when unknown."""
+    real, best = os.path.realpath(path), ("", None)
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        point = fields[1].replace("\\040", " ") if len(fields) > 2 else ""
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, fields[2])
+    return best[1]
+
+
+def status_of(path: Path, summary: dict) -> str:
+    """The summary's status as a person should read it: a `running` run that no process works
+    in (its process was killed with SIGKILL, or its machine went down) says so, and an
+    unfinished train or search run names the command that continues it."""
+    status = str(summary.get("status"))
+    if status == "running" and locked(path) is False:
+        status = "running, but no process is working in it (killed?)"
+    elif status != "interrupted":
+        return status
+    resume = resume_command(path, summary)
+    return f"{status}: continue it with {resume}" if resume else status
+
+
+def resume_command(path: Path, summary: dict) -> str | None:
+    """The command that continues the unfinished run `path` (None: it cannot be resumed)."""
+    if path.parent.name == "trials" and (path.parent.parent / "search.json").is_file():
+        return f"cifar2l search --resume {path.parent.parent}"  # a search trial
+    if summary.get("command") in ("train", "search"):
+        return f"cifar2l {summary['command']} --resume {path}"
+    return None
+
+
 @contextlib.contextmanager
 def dir_lock(path: Path):
     """Hold an exclusive flock on the directory `path` itself (nothing is written into it);
@@ -329,6 +402,7 @@ def _recorded(path: Path, command: str, cfg, config_text: str, started, fresh: b
         run.summary["error"] = "interrupted" if interrupted else str(e) or type(e).__name__
         run.summary["seconds"] = round(time.perf_counter() - start, 3)
         save_last_summary(run)
+        remove_own_temps(run.path)
         raise
     remove_stale_temps(run.path)  # a finished run keeps no leftovers of killed attempts
 

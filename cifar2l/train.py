@@ -170,7 +170,7 @@ def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock
             ensemble.save_snapshot(run.path, total, params, prep, config_text)
     if loop.snapshot_steps(cfg):
         with clock("eval"):
-            run.summary["ensemble"] = ensemble_summary(run.path, prep)
+            run.summary["ensemble"] = ensemble_summary(run.path, prep, loop.snapshot_steps(cfg))
     run.summary.update(
         timing={k: clock.rounded().get(k, 0.0) for k in ("train", "eval", "io")},
         steps=total, data=data_summary(prep),
@@ -180,11 +180,30 @@ def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock
     return final
 
 
-def ensemble_summary(run_path: Path, prep) -> dict:
-    """The snapshot ensemble's members (steps) and accuracy on every split."""
-    paths = ensemble.members(run_path)
-    return {"members": [ensemble.member_step(p) for p in paths],
+def ensemble_summary(run_path: Path, prep, steps: list[int]) -> dict:
+    """The snapshot ensemble's members (the `steps` of train.snapshots) and accuracy on every
+    split; RunError when a member's file is gone, rather than a smaller ensemble."""
+    paths = [ensemble.snapshot_path(run_path, t) for t in steps]
+    check_snapshots(paths)
+    return {"members": steps,
             "accuracy": ensemble.ensemble_accuracy(paths, splits_of(prep))}  # fmt: skip
+
+
+def check_snapshots(paths: list[Path]) -> None:
+    """RunError naming the first snapshot file of `paths` that is missing."""
+    for path in paths:
+        if not path.is_file():
+            raise RunError(f"{path}: snapshot missing (removed after it was taken?); the "
+                           "ensemble of train.snapshots needs every member, so train the "
+                           "run again")  # fmt: skip
+
+
+def kept_snapshots(run_dir: Path, cfg, step: int, repeat: int) -> None:
+    """Before a resume from update `step`: the snapshots taken up to it must still be there
+    (they are not taken again), else RunError and the run is left as it was."""
+    subs = [run_dir / "repeats" / f"{k:02d}" for k in range(repeat)] if repeat > 1 else [run_dir]
+    taken = [t for t in loop.snapshot_steps(cfg) if t < step]  # one at `step`: at the end
+    check_snapshots([ensemble.snapshot_path(d, t) for d in subs for t in taken])
 
 
 def data_summary(prep) -> dict:
@@ -256,8 +275,9 @@ def run_train(cfg, config_text: str, config_path: str, out, name: str, repeat: i
     opened = runs.start_run(into, "train", cfg, config_text, started) if into is not None else \
         runs.open_run(out, "train", name, cfg, config_text, started)  # fmt: skip
     with opened as run:
-        if repeat > 1:  # first: a run interrupted before its first checkpoint resumes as K
-            run.summary["repeat"] = repeat
+        if repeat > 1:  # first: a run interrupted before its first checkpoint resumes as K,
+            run.summary["repeat"] = repeat  # also one killed with SIGKILL (its summary on disk)
+            run.save_summary()
         sizes = "/".join(str(v) for v in split_sizes(prep).values())
         what = f"{repeat} repeats trained together" if repeat > 1 else f"data: {prep.source} " \
             f"({prep.format}), train/val/test {sizes}"  # fmt: skip
@@ -402,6 +422,7 @@ def run_resume(run_dir: Path, out=None) -> dict:
         prep = prepare(cfg, str(run_dir / "config.yaml"), clock)
         if saved is not None:
             checkpoint.verify(saved, cfg, prep, repeat, run_dir)
+            kept_snapshots(run_dir, cfg, saved.state.step, repeat)
         state, text = saved.state if saved else None, config_mod.dump_yaml(cfg)
         with runs.start_run(run_dir, "train", cfg, text, started, fresh=False,
                             locked=True) as run:  # fmt: skip
@@ -450,7 +471,7 @@ def read_run_summary(run_dir: Path) -> dict:
 
 def resume_state(run_dir: Path, summary: dict):
     """(the run's checkpoint (checkpoint.Saved), its number of trials); (None, trials) (start
-    over, in place) for a run stopped before its first checkpoint.
+    over, in place) for a run stopped or killed before its first checkpoint.
 
     The trials are the summary's `repeat`; a repeat run killed (SIGKILL) before its summary
     recorded it has only its checkpoint's count to go by (its guard still checks the rest).
@@ -462,6 +483,8 @@ def resume_state(run_dir: Path, summary: dict):
         saved = checkpoint.read(run_dir / checkpoint.NAME)
         return saved, trials or len(saved.state.rows)
     status = summary.get("status")
-    if status != "interrupted":
+    # `running` with the directory's lock ours (run_resume holds it): its process was killed
+    # (SIGKILL, a lost machine) before its first checkpoint, and it starts over like this too
+    if status not in ("interrupted", "running"):
         raise RunError(f"{run_dir}: no checkpoint to resume from (status {status or 'unknown'})")
     return None, trials or 1

@@ -40,9 +40,23 @@ def save_weights(path: Path, params: dict, prep, config_text: str):
 
 def weights_path(target: Path) -> Path:
     path = target / "weights.npz" if target.is_dir() else target
+    if not path.is_file() and target.is_dir() and (why := unfinished(target)):
+        raise RunError(f"{path}: no weights file: the run is {why}")
     if not path.is_file():
         raise RunError(f"{path}: no weights file (give a run directory or a weights.npz)")
     return path
+
+
+def unfinished(run: Path) -> str | None:
+    """The status of a run directory that has no weights because it has not finished
+    (interrupted, failed, killed), as runs.status_of says it; None for anything else."""
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("status") in (None, "completed"):
+        return None
+    return runs.status_of(run, summary)
 
 
 def load_weights(target: Path) -> Weights:

@@ -235,7 +235,7 @@ def test_collect_of_a_search_with_no_finished_trial(tmp_path, official_dir):
     d = tmp_path / "d"
     search.create_search_dir(d, search.make_plan(load_config(cfg), "t"), cfg.read_text())
     s = json.loads(ok("search", "collect", d, "--json").stdout)
-    assert s["status"] == "running" and s["pending"] == 2 and s["best"] is None
+    assert s["status"] == "interrupted" and s["pending"] == 2 and s["best"] is None
     assert statuses(d) == ["pending", "pending"]
 
 

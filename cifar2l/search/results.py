@@ -17,7 +17,7 @@ from .. import console, plots, runs
 from ..errors import RunError
 from ..train import run_repeat
 from .plan import FINISHED, collect_rows, load_plan, rankable, trial_config, trial_dir
-from .trials import fmt_value, shard_trials, sweep_locks
+from .trials import fmt_value, lock_path, shard_trials, sweep_locks
 
 # ---------------------------------------------------------------- collect
 
@@ -67,7 +67,7 @@ def collect(path: Path, started: float | None = None, work: dict | None = None) 
     best = write_best(path, [r for r in rows if rankable(r, metric)], search)
     summary = runs.base_summary("search", path, plan["config"].get("seed"))
     summary.update(
-        **outcome(rows, metric), **search_times(rows, work, started, begun), metric=metric,
+        **outcome(rows, metric, path), **search_times(rows, work, started, begun), metric=metric,
         best=best_entry(best, metric), refined_from=plan.get("refined_from"),
         best_repeat=best and best_repeat(path, best),
     )  # fmt: skip
@@ -75,17 +75,29 @@ def collect(path: Path, started: float | None = None, work: dict | None = None) 
     return {"summary": summary, "rows": rows, "keys": keys}
 
 
-def outcome(rows: list[dict], metric: str) -> dict:
-    """The summary's status and counts. `running` while trials are pending, else `failed` when
-    any trial failed (the command exits 1 and --resume retries them), else `completed`.
-    Diverged trials are a result (that setting diverges), not a failure: never retried."""
+def outcome(rows: list[dict], metric: str, path: Path) -> dict:
+    """The summary's status and counts. While trials are pending: `running` when a process
+    works on one of them, else `interrupted` (stopped or killed; --resume continues it). Else
+    `failed` when any trial failed (the command exits 1 and --resume retries them), else
+    `completed`. Diverged trials are a result (that setting diverges), not a failure: never
+    retried."""
     counts = {s: sum(r["status"] == s for r in rows) for s in FINISHED}
-    pending = len(rows) - sum(counts.values())
-    status = "running" if pending else "failed" if counts["failed"] else "completed"
+    pending = [r["trial"] for r in rows if r["status"] not in FINISHED]
+    status = ("running" if worked_on(path, pending) else "interrupted") if pending else \
+        "failed" if counts["failed"] else "completed"  # fmt: skip
     unranked = sum(r["status"] == "completed" and r[metric] is None for r in rows)
-    return {"status": status, "trials": len(rows), **counts, "pending": pending,
+    return {"status": status, "trials": len(rows), **counts, "pending": len(pending),
             "without_metric": unranked,
             "failures": failure_groups([r for r in rows if r["status"] == "failed"])}  # fmt: skip
+
+
+def worked_on(path: Path, pending: list[int]) -> bool:
+    """Whether a live process holds one of the `pending` trials (its claim, or the trial's run
+    directory). Where the system cannot tell (runs.locked is None), assume so: a search is
+    called interrupted only when that is known."""
+    held = [runs.locked(p) for i in pending
+            for p in (lock_path(path, i), trial_dir(path, i)) if p.exists()]  # fmt: skip
+    return any(h is not False for h in held)
 
 
 def failure_groups(failed: list[dict]) -> list[dict]:
