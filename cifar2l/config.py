@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     ValidationError,
     field_validator,
     model_serializer,
@@ -155,7 +156,7 @@ class GradcheckConfig(_Section):
     dims: int = Field(20, ge=1)
     samples: int = Field(2, ge=1)
     hidden: int = Field(50, ge=1)
-    lambdas: list[float] = Field([0.0, 0.01], min_length=1)
+    lambdas: list[NonNegativeFloat] = Field([0.0, 0.01], min_length=1)  # as optim.lambda
     h: float = Field(1e-5, gt=0)
     tolerance: float = Field(1e-6, gt=0)  # max floored relative error (reduced, dropout)
     resolution: float = Field(1e-8, gt=0, lt=1)  # relative accuracy a resolved gradient needs
@@ -486,7 +487,10 @@ def deep_merge(base: dict, over: dict) -> dict:
 def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML config, resolving `extends:` (a file or a list, relative to the file)."""
     path = Path(path)
-    real = path.resolve()
+    try:
+        real = path.resolve()
+    except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+        raise ConfigError(f"{path}: cannot read config file (a symlink loop)") from None
     if real in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, real))
         raise ConfigError(f"{path}: extends: cycle ({cycle})")

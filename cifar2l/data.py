@@ -37,6 +37,7 @@ from .errors import ConfigError, DataError, os_reason, shown
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
+ARCHIVE_BYTES = 170_498_071  # its size: a download that runs past it cannot have the md5
 BATCH_DIR = "cifar-10-batches-py"
 N_BLOCKS = 5
 BLOCK_ORDER_SEED = 0  # fixed: the image-folder "data_batch_k" blocks must never change
@@ -117,7 +118,11 @@ def _fetch(url: str, dest: Path) -> str:
     with urllib.request.urlopen(url, timeout=30) as resp, open(dest, "wb") as out:
         total = int(resp.headers.get("Content-Length") or 0) or None
         with progress_bar("download", total=total, unit="bytes") as advance:
+            written = 0
             while chunk := resp.read(1 << 20):
+                written += len(chunk)
+                if written > ARCHIVE_BYTES:  # an endless or wrong source would fill the disk
+                    raise ValueError(f"more than the archive's {ARCHIVE_BYTES} bytes")
                 out.write(chunk)
                 digest.update(chunk)
                 advance(len(chunk))

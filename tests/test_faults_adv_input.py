@@ -1,0 +1,129 @@
+"""An adversarial pass over hostile input (issue 15): the cases it found that the corpus of
+tests/test_bad_inputs.py missed, driven through the CLI the same way.
+
+Every corpus case ends with its exit code, exactly one `Error: ...` line naming the offending
+file, key or option, nothing on stdout, no traceback and nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, invoke, module_env, ok, one_error_line, write_official_dir
+from .test_bad_inputs import SEARCH_SPACE, SMOKE, Ctx, case, on_smoke, search_args
+
+
+def config_symlink_loop(ctx: Ctx):
+    a, b = ctx.tmp / "a.yaml", ctx.tmp / "b.yaml"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    return ["train", a, "--out", ctx.out], [str(a), "symlink loop"]
+
+
+def extends_symlink_loop(ctx: Ctx):
+    loop = ctx.tmp / "loop.yaml"
+    loop.symlink_to(loop)
+    child = ctx.write("child.yaml", "extends: loop.yaml\n")
+    return ["train", child, "--out", ctx.out], [str(child), "loop.yaml", "not found"]
+
+
+def shard_without_dir(ctx: Ctx):
+    return search_args(ctx, "--shard", "0/2"), ["--shard 0/2", "--dir"]
+
+
+def slurm_array_without_dir(ctx: Ctx):
+    ctx.mp.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    ctx.mp.setenv("SLURM_ARRAY_TASK_ID", "1")
+    return search_args(ctx), ["SLURM array task", "shard 1/2", "--dir"]
+
+
+CASES = [
+    # a config path that never resolves (RuntimeError before Python 3.13): was "internal error"
+    case("config-symlink-loop", config_symlink_loop),
+    case("extends-symlink-loop", extends_symlink_loop),
+    # a negative L2 penalty is refused for training (optim.lambda) and now for the check too
+    case("gradcheck-negative-lambda", on_smoke("gradcheck: {lambdas: [0.0, -0.01]}\n",
+                                               "gradcheck.lambdas", "greater than or equal to 0",
+                                               command="gradcheck")),  # fmt: skip
+    # each shard used to start a part-search of its own in a fresh timestamped directory (exit 0)
+    case("shard-without-dir", shard_without_dir),
+    case("slurm-array-without-dir", slurm_array_without_dir),
+]
+
+
+@pytest.mark.parametrize(("build", "code"), CASES)
+def test_bad_input(build, code, tmp_path, monkeypatch):
+    ctx = Ctx(tmp_path, monkeypatch, trained=tmp_path / "unused")
+    args, fragments = build(ctx)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = invoke(*args)
+    one_error_line(result, code, *fragments)
+    assert not ctx.out.exists() or not any(ctx.out.iterdir()), list(ctx.out.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("adv-src")
+    with module_env(base):
+        return write_official_dir(base / "src")
+
+
+def test_out_of_memory_is_one_line_and_the_run_failed(src, tmp_path):
+    """A model too big for the machine: one runtime line (was "internal error: MemoryError"),
+    and the run it started is marked failed with the reason."""
+    out = tmp_path / "runs"
+    result = invoke("train", SMOKE, "--set", f"data.root={src}", "--set",
+                    "model.hidden=1000000000000", "--out", out, "--quiet")  # fmt: skip
+    one_error_line(result, 1, "out of memory", "model.hidden")
+    (run,) = out.iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "allocate" in summary["error"], summary
+
+
+def test_jobs_above_the_trials_start_one_worker_per_trial(src, tmp_path):
+    """--jobs 64 for 2 trials used to start 64 processes (62 of them idle; at --jobs 100000:
+    "Too many open files" and a half-started search); now one worker per trial."""
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"extends: {SMOKE}\ndata:\n  root: {src}\n{SEARCH_SPACE}")
+    result = ok("search", cfg, "--jobs", 64, "--dir", tmp_path / "s", "--json", "--quiet")
+    summary = json.loads(result.stdout)
+    assert summary["workers"] == 2 and summary["status"] == "completed", summary
+    assert os.path.exists(tmp_path / "s" / "results.csv")
+
+
+@pytest.mark.parametrize(("var", "value"), [("NUMBA_NUM_THREADS", "0"),
+                                            ("NUMBA_THREADING_LAYER", "bogus")])  # fmt: skip
+def test_a_bad_numba_setting_is_a_config_error(src, tmp_path, var, value):
+    """numba's own variables: was "internal error: ImportError/ValueError" (and the decoded-data
+    cache was thrown away as if damaged). A real process: numba reads them once, on import."""
+    out = tmp_path / "runs"
+    env = {**os.environ, var: value, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "cifar2l", "train", str(SMOKE), "--set",
+                           f"data.root={src}", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"Error: {var}: numba cannot start: "), line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_download_longer_than_the_archive_stops(tmp_path, monkeypatch):
+    """CIFAR2L_URL serving endless data (file:///dev/zero) filled the disk and never ended; now
+    the download stops past the official archive's size, removes its part file, exit 1."""
+    from cifar2l import data
+
+    monkeypatch.setattr(data, "ARCHIVE_BYTES", 4 << 20)  # the real 170 MB would take a while
+    monkeypatch.setenv("CIFAR2L_URL", "file:///dev/zero")
+    out = tmp_path / "runs"
+    one_error_line(invoke("train", SMOKE, "--out", out, "--quiet"), 1, "file:///dev/zero",
+                   f"more than the archive's {4 << 20} bytes")  # fmt: skip
+    assert list(data.cache_dir().rglob("*.part")) == []
+    assert not out.exists() or not any(out.iterdir())
