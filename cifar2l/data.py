@@ -286,11 +286,13 @@ def _wanted(name: str) -> bool:
 
 
 def _assemble(members, source: str) -> Dataset:
-    pickles, images = {}, {"train": {}, "test": {}}
+    pickles, images, first = {}, {"train": {}, "test": {}}, {}
     for name, read in members:
         if m := _OFFICIAL.search(name):
+            _one_copy(first, "official", name, m.start(1), source)
             pickles[m.group(1)] = (name, read())
         elif (m := _IMAGE.search(name)) and name.lower().endswith(IMAGE_EXT):
+            _one_copy(first, "images", name, m.start(1), source)
             images[m.group(1)].setdefault(m.group(2), []).append((name, read))
     if "data_batch_1" in pickles or "test_batch" in pickles:
         return _from_pickles(pickles, source)
@@ -300,6 +302,16 @@ def _assemble(members, source: str) -> Dataset:
         f"{source}: not a CIFAR-10 source: expected the official python release "
         f"({BATCH_DIR}/ or {ARCHIVE_NAME}) or image folders train/<class>/ and test/<class>/"
     )
+
+
+def _one_copy(first: dict, kind: str, name: str, cut: int, source: str) -> None:
+    """Refuse a source holding two copies (`cifar-10-batches-py/` beside a `.bak` of it, two
+    image trees): one would win silently, by the order of the names. `name[:cut]` is the
+    folder that holds the batches (or train/ and test/)."""
+    folder, seen = first.setdefault(kind, (name[:cut], name))
+    if folder != name[:cut]:
+        raise DataError(f"{source}: two copies of CIFAR-10 ({shown(seen)} and {shown(name)}); "
+                        "point data.root at one of them")  # fmt: skip
 
 
 def _from_pickles(pickles: dict, source: str) -> Dataset:

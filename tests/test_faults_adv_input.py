@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, invoke, module_env, ok, one_error_line, write_official_dir
-from .test_bad_inputs import SEARCH_SPACE, SMOKE, Ctx, case, on_smoke, search_args
+from .conftest import (
+    ROOT,
+    invoke,
+    module_env,
+    ok,
+    one_error_line,
+    write_image_dir,
+    write_official_dir,
+)
+from .test_bad_inputs import SEARCH_SPACE, SMOKE, Ctx, case, on_smoke, search_args, with_source
 
 
 def config_symlink_loop(ctx: Ctx):
@@ -43,6 +52,17 @@ def slurm_array_without_dir(ctx: Ctx):
     return search_args(ctx), ["SLURM array task", "shard 1/2", "--dir"]
 
 
+def official_with_a_backup(ctx: Ctx) -> Path:
+    shutil.copytree(ctx.src, ctx.src.with_name("cifar-10-batches-py.bak"))
+    return ctx.src.parent  # sorted, the .bak's batches came last and were the ones trained on
+
+
+def two_image_trees(ctx: Ctx) -> Path:
+    for name in ("cifar10", "cifar10-old"):
+        write_image_dir(ctx.tmp / "img" / name, train_per_class=5, test_per_class=1)
+    return ctx.tmp / "img"  # both trees' images were merged into one dataset
+
+
 CASES = [
     # a config path that never resolves (RuntimeError before Python 3.13): was "internal error"
     case("config-symlink-loop", config_symlink_loop),
@@ -54,6 +74,10 @@ CASES = [
     # each shard used to start a part-search of its own in a fresh timestamped directory (exit 0)
     case("shard-without-dir", shard_without_dir),
     case("slurm-array-without-dir", slurm_array_without_dir),
+    # a source holding two copies: one won silently (exit 0)
+    case("official-beside-a-backup", with_source(official_with_a_backup, "two copies",
+                                                 "cifar-10-batches-py.bak/"), 1),  # fmt: skip
+    case("two-image-trees", with_source(two_image_trees, "two copies", "cifar10-old/"), 1),
 ]
 
 
