@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .conftest import (
@@ -25,7 +26,20 @@ from .conftest import (
     write_image_dir,
     write_official_dir,
 )
-from .test_bad_inputs import SEARCH_SPACE, SMOKE, Ctx, case, on_smoke, search_args, with_source
+from .test_bad_inputs import (
+    SEARCH_SPACE,
+    SMOKE,
+    Ctx,
+    case,
+    on_smoke,
+    rewrite_weights,
+    search_args,
+    weights_case,
+    with_source,
+)
+from .test_bad_inputs import (
+    trained as trained,  # the corpus's finished run: a fixture, used by name
+)
 
 
 def config_symlink_loop(ctx: Ctx):
@@ -63,6 +77,18 @@ def two_image_trees(ctx: Ctx) -> Path:
     return ctx.tmp / "img"  # both trees' images were merged into one dataset
 
 
+def scaled(run: Path, key: str, factor: float, dtype=None) -> Path:
+    with np.load(run / "weights.npz") as f:
+        value = f[key] * factor
+    return rewrite_weights(run, **{key: value if dtype is None else value.astype(dtype)})
+
+
+def report_of_a_list_summary(ctx: Ctx):
+    run = ctx.run_copy()
+    (run / "summary.json").write_text("[1, 2]\n")
+    return ["report", run, "--out", ctx.tmp / "report"], [str(run), "no readable summary.json"]
+
+
 CASES = [
     # a config path that never resolves (RuntimeError before Python 3.13): was "internal error"
     case("config-symlink-loop", config_symlink_loop),
@@ -78,12 +104,26 @@ CASES = [
     case("official-beside-a-backup", with_source(official_with_a_backup, "two copies",
                                                  "cifar-10-batches-py.bak/"), 1),  # fmt: skip
     case("two-image-trees", with_source(two_image_trees, "two copies", "cifar10-old/"), 1),
+    # weights that score as a meaningless number (NaN: class 0 everywhere, exit 0) or that
+    # failed inside a kernel ("internal error": TypeError, UFuncTypeError, SystemError)
+    case("evaluate-nan-weights", weights_case(lambda run: scaled(run, "W1", np.nan),
+                                              "non-finite", "W1"), 1),  # fmt: skip
+    case("evaluate-inf-bias", weights_case(lambda run: scaled(run, "b2", np.inf),
+                                           "non-finite", "b2"), 1),  # fmt: skip
+    case("evaluate-float16-weights", weights_case(
+        lambda run: scaled(run, "W1", 1, np.float16), "float32 or float64", "W1 float16"), 1),
+    case("evaluate-integer-weights", weights_case(
+        lambda run: scaled(run, "W2", 1, np.int64), "float32 or float64", "W2 int64"), 1),
+    case("evaluate-zero-std", weights_case(lambda run: scaled(run, "std", 0), "std",
+                                           "positive"), 1),  # fmt: skip
+    # a summary.json that is JSON but no mapping: was "internal error: AttributeError"
+    case("report-summary-is-a-list", report_of_a_list_summary, 1),
 ]
 
 
 @pytest.mark.parametrize(("build", "code"), CASES)
-def test_bad_input(build, code, tmp_path, monkeypatch):
-    ctx = Ctx(tmp_path, monkeypatch, trained=tmp_path / "unused")
+def test_bad_input(build, code, tmp_path, monkeypatch, trained):
+    ctx = Ctx(tmp_path, monkeypatch, trained)
     args, fragments = build(ctx)
     before = sorted(p.name for p in tmp_path.iterdir())
     result = invoke(*args)
