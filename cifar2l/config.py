@@ -144,6 +144,9 @@ class TrainConfig(_Section):
         return sorted(set(v)) if isinstance(v, list) else v
 
 
+MAX_METRIC_ROWS = 10_000_000  # metrics.csv rows of one run: far past any real schedule
+
+
 class GradcheckConfig(_Section):
     """The gradient check (cifar2l/gradcheck.py; configs/gradcheck.yaml documents each knob).
 
@@ -329,7 +332,21 @@ class Config(_Section):
                              f"({total})")  # fmt: skip
         if self.search.metric == "ensemble_val_accuracy" and not snaps:
             raise ValueError("search.metric: ensemble_val_accuracy needs train.snapshots")
+        self._metric_rows_bounded(total)
         return self
+
+    def _metric_rows_bounded(self, total: int) -> None:
+        """An extra zero or two in n_s (or cycles) beside a small log_every asked for more
+        metric rows than memory holds: the run was killed (or raised MemoryError) at its start
+        with its status left `running`."""
+        from .schedule import default_log_every
+
+        rows = total // (self.train.log_every or default_log_every(self.schedule)) + 1
+        if rows > MAX_METRIC_ROWS:
+            every = self.train.log_every or "default"
+            raise ValueError(f"schedule: {total} updates with train.log_every {every} make "
+                             f"{rows} metric rows (at most {MAX_METRIC_ROWS}): shorten the "
+                             "schedule or log less often")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")

@@ -116,6 +116,10 @@ CASES = [
         lambda run: scaled(run, "W2", 1, np.int64), "float32 or float64", "W2 int64"), 1),
     case("evaluate-zero-std", weights_case(lambda run: scaled(run, "std", 0), "std",
                                            "positive"), 1),  # fmt: skip
+    # an extra zero or two in n_s: millions of metric rows planned, the run OOM-killed at its
+    # start with its status left `running`
+    case("metric-rows-past-memory", on_smoke("schedule: {n_s: 1000000000000}\n", "schedule",
+                                             "metric rows", in_file=False)),  # fmt: skip
     # a summary.json that is JSON but no mapping: was "internal error: AttributeError"
     case("report-summary-is-a-list", report_of_a_list_summary, 1),
 ]
