@@ -116,6 +116,10 @@ CASES = [
         lambda run: scaled(run, "W2", 1, np.int64), "float32 or float64", "W2 int64"), 1),
     case("evaluate-zero-std", weights_case(lambda run: scaled(run, "std", 0), "std",
                                            "positive"), 1),  # fmt: skip
+    # a choice value no trial happened to draw was never checked (exit 0; another seed fails)
+    case("search-choice-never-drawn", on_smoke(
+        "search: {trials: 1, seed: 0, space: {model.hidden: {choice: [8, 8, 8, 8, 8, 8, 0]}}}\n",
+        "search.space", "model.hidden", "greater than or equal to 1", command="search")),
     # an extra zero or two in n_s: millions of metric rows planned, the run OOM-killed at its
     # start with its status left `running`
     case("metric-rows-past-memory", on_smoke("schedule: {n_s: 1000000000000}\n", "schedule",

@@ -67,6 +67,7 @@ def make_plan(cfg, source: str) -> dict:
         search = search.model_copy(update={"space": space})
         cfg = cfg.model_copy(update={"search": search})
     base = cfg.to_dict()
+    check_choices(base, search.space, source)
     values = sample_trials(search.space, search.trials, search.seed)
     seeds = init_seeds(search.seed, search.trials)
     for i, (params, seed) in enumerate(zip(values, seeds, strict=True)):  # before any work
@@ -75,6 +76,15 @@ def make_plan(cfg, source: str) -> dict:
     trials = [{"index": i, "params": p, "init_seed": s}
               for i, (p, s) in enumerate(zip(values, seeds, strict=True))]  # fmt: skip
     return {"version": 1, "config": base, "refined_from": refined, "trials": trials}
+
+
+def check_choices(base: dict, space: dict, source: str) -> None:
+    """Every value of a `choice`, not only those the seed happens to draw: `choice: [0, 8]`
+    for model.hidden passed whenever no trial drew the 0 (and failed with another seed)."""
+    for key, dist in space.items():
+        if dist.kind == "choice":
+            for value in dist.args:
+                config_mod.validate(trial_raw(base, {key: value}, 0), f"{source} (search.space)")
 
 
 def check_metric(trial, metric: str, source: str, index: int) -> None:
