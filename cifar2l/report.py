@@ -123,7 +123,7 @@ def read_summary(run: Path) -> dict:
         raise RunError(f"{run}: not a run directory")
     try:
         summary = json.loads((run / "summary.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply
         summary = None
     if not isinstance(summary, dict):  # a list or a number is no summary either
         raise Skipped(f"{run}: not a run directory (no readable summary.json)")

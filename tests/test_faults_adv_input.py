@@ -89,6 +89,28 @@ def report_of_a_list_summary(ctx: Ctx):
     return ["report", run, "--out", ctx.tmp / "report"], [str(run), "no readable summary.json"]
 
 
+DEEP_JSON = "[" * 100_000 + "]" * 100_000  # valid JSON; json.loads recurses past the limit
+
+
+def collect_deep_plan(ctx: Ctx):
+    folder = ctx.tmp / "search"
+    folder.mkdir()
+    (folder / "search.json").write_text(DEEP_JSON)
+    return ["search", "collect", folder], [str(folder / "search.json"), "unreadable"]
+
+
+def resume_deep_summary(ctx: Ctx):
+    run = ctx.run_copy()
+    (run / "summary.json").write_text(DEEP_JSON)
+    return ["train", "--resume", run], [str(run / "summary.json"), "unreadable"]
+
+
+def report_deep_summary(ctx: Ctx):
+    run = ctx.run_copy()
+    (run / "summary.json").write_text(DEEP_JSON)
+    return ["report", run, "--out", ctx.tmp / "report"], [str(run), "no readable summary.json"]
+
+
 CASES = [
     # a config path that never resolves (RuntimeError before Python 3.13): was "internal error"
     case("config-symlink-loop", config_symlink_loop),
@@ -126,6 +148,10 @@ CASES = [
                                              "metric rows", in_file=False)),  # fmt: skip
     # a summary.json that is JSON but no mapping: was "internal error: AttributeError"
     case("report-summary-is-a-list", report_of_a_list_summary, 1),
+    # JSON nested 100000 deep in a run's own files: was "internal error: RecursionError"
+    case("collect-deeply-nested-plan", collect_deep_plan, 1),
+    case("resume-deeply-nested-summary", resume_deep_summary, 1),
+    case("report-deeply-nested-summary", report_deep_summary, 1),
 ]
 
 

@@ -192,7 +192,7 @@ def load_plan(path: Path) -> dict:
         plan = json.loads((path / PLAN).read_bytes())
     except FileNotFoundError:
         raise RunError(f"{path}: not a search directory (no {PLAN})") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested 100000 deep
         raise RunError(f"{path / PLAN}: unreadable ({e})") from None
     problem = plan_problem(plan)
     if problem:
@@ -248,7 +248,7 @@ def read_summary(tdir: Path) -> tuple[dict | None, str]:
         s = json.loads((tdir / "summary.json").read_bytes())
     except FileNotFoundError:  # not started yet, or a run dir that lost its summary
         return None, "summary.json missing" if (tdir / "config.yaml").exists() else ""
-    except (OSError, ValueError) as e:  # also UnicodeDecodeError
+    except (OSError, ValueError, RecursionError) as e:  # also UnicodeDecodeError
         return None, f"summary.json unreadable ({str(e)[:80]})"
     if not isinstance(s, dict) or not isinstance(s.get("status"), str):
         return None, "summary.json unreadable (not a run summary)"
