@@ -105,6 +105,10 @@ def _execute(work, quiet: bool, as_json: bool, n_threads: int | None = None) -> 
 
         console.error(describe_os_error(e))
         raise typer.Exit(1) from None
+    except MemoryError as e:  # a config too big for this machine (model.hidden, --repeat)
+        console.error(f"out of memory{f': {e}' if str(e) else ''}; reduce model.hidden, "
+                      "--repeat or the data, or use a machine with more memory")  # fmt: skip
+        raise typer.Exit(1) from None
     except Exception as e:  # a bug: still one line, unless debugging
         if os.environ.get("CIFAR2L_DEBUG"):
             raise

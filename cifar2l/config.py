@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     ValidationError,
     field_validator,
     model_serializer,
@@ -143,6 +144,9 @@ class TrainConfig(_Section):
         return sorted(set(v)) if isinstance(v, list) else v
 
 
+MAX_METRIC_ROWS = 10_000_000  # metrics.csv rows of one run: far past any real schedule
+
+
 class GradcheckConfig(_Section):
     """The gradient check (cifar2l/gradcheck.py; configs/gradcheck.yaml documents each knob).
 
@@ -155,7 +159,7 @@ class GradcheckConfig(_Section):
     dims: int = Field(20, ge=1)
     samples: int = Field(2, ge=1)
     hidden: int = Field(50, ge=1)
-    lambdas: list[float] = Field([0.0, 0.01], min_length=1)
+    lambdas: list[NonNegativeFloat] = Field([0.0, 0.01], min_length=1)  # as optim.lambda
     h: float = Field(1e-5, gt=0)
     tolerance: float = Field(1e-6, gt=0)  # max floored relative error (reduced, dropout)
     resolution: float = Field(1e-8, gt=0, lt=1)  # relative accuracy a resolved gradient needs
@@ -328,7 +332,21 @@ class Config(_Section):
                              f"({total})")  # fmt: skip
         if self.search.metric == "ensemble_val_accuracy" and not snaps:
             raise ValueError("search.metric: ensemble_val_accuracy needs train.snapshots")
+        self._metric_rows_bounded(total)
         return self
+
+    def _metric_rows_bounded(self, total: int) -> None:
+        """An extra zero or two in n_s (or cycles) beside a small log_every asked for more
+        metric rows than memory holds: the run was killed (or raised MemoryError) at its start
+        with its status left `running`."""
+        from .schedule import default_log_every
+
+        rows = total // (self.train.log_every or default_log_every(self.schedule)) + 1
+        if rows > MAX_METRIC_ROWS:
+            every = self.train.log_every or "default"
+            raise ValueError(f"schedule: {total} updates with train.log_every {every} make "
+                             f"{rows} metric rows (at most {MAX_METRIC_ROWS}): shorten the "
+                             "schedule or log less often")  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, mode="json")
@@ -486,7 +504,10 @@ def deep_merge(base: dict, over: dict) -> dict:
 def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML config, resolving `extends:` (a file or a list, relative to the file)."""
     path = Path(path)
-    real = path.resolve()
+    try:
+        real = path.resolve()
+    except (RuntimeError, OSError):  # a symlink loop (RuntimeError before Python 3.13)
+        raise ConfigError(f"{path}: cannot read config file (a symlink loop)") from None
     if real in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, real))
         raise ConfigError(f"{path}: extends: cycle ({cycle})")

@@ -37,6 +37,7 @@ from .errors import ConfigError, DataError, os_reason, shown
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
+ARCHIVE_BYTES = 170_498_071  # its size: a download that runs past it cannot have the md5
 BATCH_DIR = "cifar-10-batches-py"
 N_BLOCKS = 5
 BLOCK_ORDER_SEED = 0  # fixed: the image-folder "data_batch_k" blocks must never change
@@ -117,7 +118,11 @@ def _fetch(url: str, dest: Path) -> str:
     with urllib.request.urlopen(url, timeout=30) as resp, open(dest, "wb") as out:
         total = int(resp.headers.get("Content-Length") or 0) or None
         with progress_bar("download", total=total, unit="bytes") as advance:
+            written = 0
             while chunk := resp.read(1 << 20):
+                written += len(chunk)
+                if written > ARCHIVE_BYTES:  # an endless or wrong source would fill the disk
+                    raise ValueError(f"more than the archive's {ARCHIVE_BYTES} bytes")
                 out.write(chunk)
                 digest.update(chunk)
                 advance(len(chunk))
@@ -281,11 +286,13 @@ def _wanted(name: str) -> bool:
 
 
 def _assemble(members, source: str) -> Dataset:
-    pickles, images = {}, {"train": {}, "test": {}}
+    pickles, images, first = {}, {"train": {}, "test": {}}, {}
     for name, read in members:
         if m := _OFFICIAL.search(name):
+            _one_copy(first, "official", name, m.start(1), source)
             pickles[m.group(1)] = (name, read())
         elif (m := _IMAGE.search(name)) and name.lower().endswith(IMAGE_EXT):
+            _one_copy(first, "images", name, m.start(1), source)
             images[m.group(1)].setdefault(m.group(2), []).append((name, read))
     if "data_batch_1" in pickles or "test_batch" in pickles:
         return _from_pickles(pickles, source)
@@ -295,6 +302,16 @@ def _assemble(members, source: str) -> Dataset:
         f"{source}: not a CIFAR-10 source: expected the official python release "
         f"({BATCH_DIR}/ or {ARCHIVE_NAME}) or image folders train/<class>/ and test/<class>/"
     )
+
+
+def _one_copy(first: dict, kind: str, name: str, cut: int, source: str) -> None:
+    """Refuse a source holding two copies (`cifar-10-batches-py/` beside a `.bak` of it, two
+    image trees): one would win silently, by the order of the names. `name[:cut]` is the
+    folder that holds the batches (or train/ and test/)."""
+    folder, seen = first.setdefault(kind, (name[:cut], name))
+    if folder != name[:cut]:
+        raise DataError(f"{source}: two copies of CIFAR-10 ({shown(seen)} and {shown(name)}); "
+                        "point data.root at one of them")  # fmt: skip
 
 
 def _from_pickles(pickles: dict, source: str) -> Dataset:

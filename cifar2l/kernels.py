@@ -42,7 +42,8 @@ PIXELS = 3 * 32 * 32  # a CIFAR row: the R, G, B planes of a 32x32 image
 MAX_SHIFT = 31  # np.pad mode="reflect" cannot pad an axis by more than its length - 1
 
 _UNSET = object()
-_nb_module = _UNSET  # cifar2l._kernels_nb once loaded, None without numba
+_nb_module = _UNSET  # cifar2l._kernels_nb once loaded, None without numba, or why it failed
+_load_lock = threading.Lock()
 _threads: int | None = None  # the count set_threads asked for
 PARALLEL_MIN = 1 << 18  # elements: smaller passes run on one thread
 _applied = threading.local()  # numba's thread count is per calling thread: apply it in each
@@ -63,15 +64,48 @@ def array_module(x):
 def _load():
     """The numba kernels module (imported once), or None when numba is not installed."""
     global _nb_module
-    if _nb_module is _UNSET:
-        try:
-            from . import _kernels_nb
-        except ModuleNotFoundError as exc:
-            if exc.name != "numba":
-                raise
-            _kernels_nb = None
-        _nb_module = _kernels_nb
+    with _load_lock:  # preload's thread and the main one: one import, one outcome for both
+        if _nb_module is _UNSET:
+            try:
+                _nb_module = _import_kernels()
+            except Exception as e:  # kept: importing the half-imported module again would
+                _nb_module = e  # fail differently ("cannot import name")
+    if isinstance(_nb_module, Exception):
+        raise _nb_module
     return _nb_module
+
+
+def _import_kernels():
+    try:
+        from . import _kernels_nb
+    except ModuleNotFoundError as exc:
+        if exc.name != "numba":
+            raise
+        return None
+    except (ValueError, ImportError) as e:  # e.g. NUMBA_NUM_THREADS=0, at decoration
+        raise _numba_setting_error(e) from None
+    _start_numba(_kernels_nb.numba)
+    return _kernels_nb
+
+
+def _start_numba(numba) -> None:
+    """Start numba's thread pool now: a bad NUMBA_THREADING_LAYER raises a ValueError there, at
+    the first kernel, which a caller could take for bad data (the decoded-data cache would be
+    thrown away) and which is the user's setting, not a bug."""
+    try:
+        numba.get_num_threads()  # launches the threading layer
+    except (ValueError, ImportError, RuntimeError) as e:
+        raise _numba_setting_error(e) from None
+
+
+def _numba_setting_error(e: Exception):
+    """A ConfigError naming the NUMBA_* variables that are set (the likely cause)."""
+    import os
+
+    from .errors import ConfigError
+
+    names = ", ".join(sorted(k for k in os.environ if k.startswith("NUMBA_"))) or "NUMBA_*"
+    return ConfigError(f"{names}: numba cannot start: {e}")
 
 
 def have_numba() -> bool:

@@ -122,9 +122,12 @@ def read_summary(run: Path) -> dict:
     if not run.is_dir():
         raise RunError(f"{run}: not a run directory")
     try:
-        return json.loads((run / "summary.json").read_text())
-    except (OSError, ValueError):
-        raise Skipped(f"{run}: not a run directory (no readable summary.json)") from None
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply
+        summary = None
+    if not isinstance(summary, dict):  # a list or a number is no summary either
+        raise Skipped(f"{run}: not a run directory (no readable summary.json)")
+    return summary
 
 
 def seeds_of(summary: dict) -> int:

@@ -461,7 +461,7 @@ def read_run_summary(run_dir: Path) -> dict:
         summary = json.loads(path.read_text())
     except FileNotFoundError:
         raise RunError(f"{run_dir}: not a run directory (no summary.json)") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         raise RunError(f"{path}: unreadable ({type(e).__name__}); cannot tell what run this "
                        "is or where it stopped, so it is not resumed") from None  # fmt: skip
     if not isinstance(summary, dict):

@@ -18,6 +18,8 @@ from . import runs
 from .errors import RunError
 from .network import PARAM_KEYS
 
+FLOATS = {np.dtype(np.float32), np.dtype(np.float64)}
+
 
 @dataclass
 class Weights:
@@ -71,8 +73,26 @@ def load_weights(target: Path) -> Weights:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise RunError(f"{path}: not a cifar2l weights file ({e})") from None
     check_shapes(w)
+    check_values(w)
     w.params = stacked(w.params)
     return w
+
+
+def check_values(w: Weights) -> None:
+    """Refuse what would score as a number that means nothing (NaN weights predict class 0
+    everywhere, exit 0) or fail deep in a kernel: one float dtype for the parameters, finite
+    values everywhere, a positive std."""
+    dtypes = {w.params[k].dtype for k in PARAM_KEYS} | {w.mean.dtype, w.std.dtype}
+    if len({w.params[k].dtype for k in PARAM_KEYS}) != 1 or not dtypes <= FLOATS:
+        kinds = ", ".join(f"{k} {w.params[k].dtype}" for k in PARAM_KEYS)
+        raise RunError(f"{w.path}: weights must be float32 or float64 arrays of one dtype, "
+                       f"got {kinds}, mean {w.mean.dtype}, std {w.std.dtype}")  # fmt: skip
+    bad = [k for k, a in (*w.params.items(), ("mean", w.mean), ("std", w.std))
+           if not np.isfinite(a).all()]  # fmt: skip
+    if bad:
+        raise RunError(f"{w.path}: non-finite values (NaN or inf) in {', '.join(bad)}")
+    if not (w.std > 0).all():
+        raise RunError(f"{w.path}: std must be positive (it divides the pixels)")
 
 
 def check_shapes(w: Weights) -> None:

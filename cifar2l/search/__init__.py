@@ -109,6 +109,7 @@ def run_search(cfg, config_text: str, source: str, out, name: str, *, jobs: int 
     """The `search` command: plan (or reuse) a search directory, run trials, collect, and with
     `repeat_best` K > 1 retrain the best trial over K seeds (retrain_best)."""
     check_workers(jobs, shard)
+    check_shared_dir(shard, directory)
     if directory is not None:
         runs.check_path_length(directory, "--dir")  # before anything looks at it
     if refine is not None:
@@ -130,6 +131,15 @@ def check_workers(jobs: int, shard: str | None) -> None:
         raise ConfigError(f"--jobs {jobs}: must be >= 1")
     if jobs > 1 and part != (0, 1):
         raise ConfigError("--jobs and --shard (or a SLURM array) do not combine; use one")
+
+
+def check_shared_dir(shard: str | None, directory: Path | None) -> None:
+    """A shard without --dir would start a search of its own in a fresh directory: N shards,
+    N unrelated part-searches, none of which ever sees the others' trials."""
+    part = parse_shard(shard)
+    if part != (0, 1) and directory is None:
+        what = f"--shard {shard}" if shard else f"a SLURM array task (shard {part[0]}/{part[1]})"
+        raise ConfigError(f"{what}: needs --dir DIR, the search directory all shards share")
 
 
 def resume_search(path: Path, *, jobs: int = 1, shard: str | None = None,

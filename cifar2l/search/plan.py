@@ -67,6 +67,7 @@ def make_plan(cfg, source: str) -> dict:
         search = search.model_copy(update={"space": space})
         cfg = cfg.model_copy(update={"search": search})
     base = cfg.to_dict()
+    check_choices(base, search.space, source)
     values = sample_trials(search.space, search.trials, search.seed)
     seeds = init_seeds(search.seed, search.trials)
     for i, (params, seed) in enumerate(zip(values, seeds, strict=True)):  # before any work
@@ -75,6 +76,15 @@ def make_plan(cfg, source: str) -> dict:
     trials = [{"index": i, "params": p, "init_seed": s}
               for i, (p, s) in enumerate(zip(values, seeds, strict=True))]  # fmt: skip
     return {"version": 1, "config": base, "refined_from": refined, "trials": trials}
+
+
+def check_choices(base: dict, space: dict, source: str) -> None:
+    """Every value of a `choice`, not only those the seed happens to draw: `choice: [0, 8]`
+    for model.hidden passed whenever no trial drew the 0 (and failed with another seed)."""
+    for key, dist in space.items():
+        if dist.kind == "choice":
+            for value in dist.args:
+                config_mod.validate(trial_raw(base, {key: value}, 0), f"{source} (search.space)")
 
 
 def check_metric(trial, metric: str, source: str, index: int) -> None:
@@ -182,7 +192,7 @@ def load_plan(path: Path) -> dict:
         plan = json.loads((path / PLAN).read_bytes())
     except FileNotFoundError:
         raise RunError(f"{path}: not a search directory (no {PLAN})") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested 100000 deep
         raise RunError(f"{path / PLAN}: unreadable ({e})") from None
     problem = plan_problem(plan)
     if problem:
@@ -238,7 +248,7 @@ def read_summary(tdir: Path) -> tuple[dict | None, str]:
         s = json.loads((tdir / "summary.json").read_bytes())
     except FileNotFoundError:  # not started yet, or a run dir that lost its summary
         return None, "summary.json missing" if (tdir / "config.yaml").exists() else ""
-    except (OSError, ValueError) as e:  # also UnicodeDecodeError
+    except (OSError, ValueError, RecursionError) as e:  # also UnicodeDecodeError
         return None, f"summary.json unreadable ({str(e)[:80]})"
     if not isinstance(s, dict) or not isinstance(s.get("status"), str):
         return None, "summary.json unreadable (not a run summary)"

@@ -590,6 +590,7 @@ def run_workers(path: Path, jobs: int) -> dict:
     """--jobs: the workers' work for `collect`: how long they took (`jobs`) and the trials that
     finished meanwhile (`ran`: theirs, unless other processes work on the same directory)."""
     total = len(load_plan(path)["trials"])
+    jobs = min(jobs, total)  # shard i/N with i >= trials would be an idle process (and a file)
     before, start = count_finished(path, total), time.perf_counter()
     run_jobs(path, jobs)
     return {"workers": jobs, "ran": count_finished(path, total) - before,
