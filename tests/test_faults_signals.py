@@ -219,7 +219,7 @@ def results_without_seconds(path: Path) -> list[str]:
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc for the workers")
 def test_sigterm_to_search_jobs_stops_its_workers_then_resume_finishes(tmp_path, src):
-    cfg = search_config(tmp_path, src)
+    cfg = search_config(tmp_path, src, n_s=600)  # 1200 updates a trial: the signal lands in one
     ok("search", cfg, "--dir", tmp_path / "ref", "-q")
     shared = tmp_path / "cut"
     log = tmp_path / "stderr.txt"  # a file, not a pipe: orphaned workers would hold a pipe open

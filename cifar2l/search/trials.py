@@ -567,11 +567,20 @@ def watch_workers(path: Path, procs: list) -> int | None:
         while any(p.poll() is None for p in procs):
             if signum is None and (signum := checkpoint.take_pending()) is not None:
                 forward(procs, signum)
-            time.sleep(0.5)
+            nap(procs, 0.5)
             now = count_finished(path, total)
             advance(now - done)
             done = now
     return signum if signum is not None else checkpoint.take_pending()
+
+
+def nap(procs: list, seconds: float, tick: float = 0.02) -> None:
+    """Sleep up to `seconds`, waking as soon as a signal is pending (so that it reaches the
+    workers within a tick, not after a whole progress interval) or every worker has ended."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and checkpoint.pending() is None and \
+            any(p.poll() is None for p in procs):  # fmt: skip
+        time.sleep(tick)
 
 
 def forward(procs: list, signum: int) -> None:
