@@ -10,6 +10,7 @@ returns the CLI arguments and the fragments the error line must contain.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import shutil
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from .conftest import (
     make_tar,
     module_env,
     ok,
+    one_error_line,
     png_bytes,
     synthetic_rows,
     write_image_dir,
@@ -540,6 +542,19 @@ def trained(tmp_path_factory) -> Path:
 def test_the_corpus_is_large_and_distinct():
     ids = [p.id for p in CASES]
     assert len(ids) >= 45 and len(set(ids)) == len(ids)
+
+
+def refused_cleanly(ctx: Ctx, build: Build, code: int, guard=contextlib.nullcontext):
+    """Run a corpus case (inside `guard()`, e.g. an alarm): one `Error:` line, exit `code`,
+    no run directory and nothing beside the case's own inputs. Returns the result."""
+    args, fragments = build(ctx)
+    before = sorted(p.name for p in ctx.tmp.iterdir())
+    with guard():
+        result = invoke(*args)
+    one_error_line(result, code, *fragments)
+    assert not ctx.out.exists() or not any(ctx.out.iterdir()), list(ctx.out.iterdir())
+    assert sorted(p.name for p in ctx.tmp.iterdir()) == before
+    return result
 
 
 @pytest.mark.parametrize(("build", "code"), CASES)

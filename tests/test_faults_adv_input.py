@@ -32,6 +32,7 @@ from .test_bad_inputs import (
     Ctx,
     case,
     on_smoke,
+    refused_cleanly,
     rewrite_weights,
     search_args,
     weights_case,
@@ -157,13 +158,7 @@ CASES = [
 
 @pytest.mark.parametrize(("build", "code"), CASES)
 def test_bad_input(build, code, tmp_path, monkeypatch, trained):
-    ctx = Ctx(tmp_path, monkeypatch, trained)
-    args, fragments = build(ctx)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    result = invoke(*args)
-    one_error_line(result, code, *fragments)
-    assert not ctx.out.exists() or not any(ctx.out.iterdir()), list(ctx.out.iterdir())
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    refused_cleanly(Ctx(tmp_path, monkeypatch, trained), build, code)
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,15 @@ from .conftest import (
     write_image_dir,
     write_official_dir,
 )
-from .test_bad_inputs import SEARCH_SPACE, SMOKE, Ctx, case, search_args, with_source
+from .test_bad_inputs import (
+    SEARCH_SPACE,
+    SMOKE,
+    Ctx,
+    case,
+    refused_cleanly,
+    search_args,
+    with_source,
+)
 
 IS_ROOT = os.geteuid() == 0
 REAL_TEMP_FILE = runs.temp_file
@@ -379,14 +387,7 @@ CASES = [
 @pytest.mark.parametrize(("build", "code"), CASES)
 def test_runtime_bad_input(build, code, tmp_path, monkeypatch, trained):
     """The checks of test_bad_inputs.test_bad_input, run under an alarm: nothing may hang."""
-    ctx = Ctx(tmp_path, monkeypatch, trained)
-    args, fragments = build(ctx)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    with alarm(60):
-        result = invoke(*args)
-    one_error_line(result, code, *fragments)
-    assert not ctx.out.exists() or not any(ctx.out.iterdir()), list(ctx.out.iterdir())
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    refused_cleanly(Ctx(tmp_path, monkeypatch, trained), build, code, lambda: alarm(60))
     assert not (tmp_path / "PWNED").exists(), "the hostile pickle ran its command"
 
 
