@@ -64,6 +64,9 @@ def array_module(x):
 def _load():
     """The numba kernels module (imported once), or None when numba is not installed."""
     global _nb_module
+    loaded = _nb_module
+    if loaded is not _UNSET and not isinstance(loaded, Exception):
+        return loaded  # every kernel call comes here: no lock once it is loaded
     with _load_lock:  # preload's thread and the main one: one import, one outcome for both
         if _nb_module is _UNSET:
             try:
