@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import console
+from .config import Config
 from .errors import RunError
 from .loop import STREAMS, TrainState
 from .runs import save_npz
@@ -135,10 +136,11 @@ def save(path: Path, state, guard: dict | None = None) -> None:
     stored beside it, so that a changed byte is refused rather than resumed."""
     arrays = {f"p_{k}": v for k, v in state.params.items()}
     arrays |= {f"v_{k}": v for k, v in (state.velocity or {}).items()}
+    arrays |= {f"a_{k}": v for k, v in (state.average or {}).items()}
     meta = {"format": FORMAT, "step": state.step, "rng_states": rng_states(state.rngs),
             "rows": state.rows, "timing": state.timing, "momentum": state.velocity is not None,
             "diverged": {str(k): list(v) for k, v in state.diverged.items()},
-            "trials": len(state.rows), "guard": guard}  # fmt: skip
+            "trials": len(state.rows), "guard": guard, "averaged": state.averaged}  # fmt: skip
     arrays["order"] = np.zeros(0, np.int64) if state.order is None else state.order
     arrays["meta"] = np.array(json.dumps(meta))
     save_npz(path, sha256=np.array(payload_digest(arrays)), **arrays)
@@ -214,13 +216,15 @@ def parse(arrays: dict, path: Path) -> Saved:
         raise CorruptCheckpoint(f"{path}: damaged checkpoint (its sha256 is missing)")
     params = {k[2:]: v for k, v in arrays.items() if k.startswith("p_")}
     velocity = {k[2:]: v for k, v in arrays.items() if k.startswith("v_")}
+    average = {k[2:]: v for k, v in arrays.items() if k.startswith("a_")}
     order = arrays["order"]
     rows = meta["rows"] if "trials" in meta else [meta["rows"]]  # older: one network's rows
     state = TrainState(stacked(params), stacked(velocity) if meta["momentum"] else None,
                        generators(meta["rng_states"]), int(meta["step"]),
                        order if order.size else None, rows,
                        {int(k): tuple(v) for k, v in meta.get("diverged", {}).items()},
-                       meta["timing"])  # fmt: skip
+                       meta["timing"], stacked(average) if average else None,
+                       int(meta.get("averaged", 0)))  # fmt: skip
     check_guard(meta.get("guard"))
     return Saved(state, meta.get("guard"), version)
 
@@ -272,10 +276,20 @@ def check_config(then: dict, now: dict, where: Path) -> None:
 
 
 def config_changes(then: dict, now: dict) -> list[str]:
-    """Dotted keys whose values differ (IGNORED_KEYS aside), in the order of `now`."""
-    a, b = flatten(then), flatten(now)
+    """Dotted keys whose values differ (IGNORED_KEYS aside), in the order of `now`. A key a
+    newer cifar2l added (absent from `then`) counts as its default there."""
+    a, b = flatten(with_defaults(then, Config().to_dict())), flatten(now)
     keys = list(b) + [k for k in a if k not in b]
     return [k for k in keys if k not in IGNORED_KEYS and a.get(k, ...) != b.get(k, ...)]
+
+
+def with_defaults(d: dict, defaults: dict) -> dict:
+    """`d` with the keys it lacks taken from `defaults`, section by section."""
+    out = dict(defaults) | d
+    for k, v in d.items():
+        if isinstance(v, dict) and isinstance(defaults.get(k), dict):
+            out[k] = with_defaults(v, defaults[k])
+    return out
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -312,6 +326,11 @@ def fit_problems(state, cfg, prep, trials: int) -> list[str]:
         problems += array_problems(state.velocity, want, np.dtype(cfg.dtype), "momentum ")
     elif cfg.optim.momentum > 0:
         problems.append("no momentum buffers")
+    if state.average is not None:
+        problems += array_problems(state.average, want, np.dtype(cfg.dtype), "average ")
+    if (state.averaged > 0) != (state.average is not None) or state.averaged < 0:
+        problems.append(f"{state.averaged} weight-average samples but "
+                        f"{'an' if state.average is not None else 'no'} average")
     return problems + progress_problems(state, cfg, len(prep.train.y), trials)
 
 

@@ -251,6 +251,10 @@ def evaluate(
     ensemble: Annotated[bool, typer.Option("--ensemble", help=(
         "Score the run's snapshot ensemble (the mean of the softmax outputs of its "
         "snapshots/*.npz) instead of its final weights."))] = False,
+    tta: Annotated[str | None, typer.Option("--tta", metavar="VIEWS", show_default=False, help=(
+        "Test-time augmentation: also score the softmax outputs averaged over these views "
+        "(flip, shift, or flip,shift; none for no TTA). Default: the run's evaluate.tta."))
+    ] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", "-s", metavar="data.root=PATH",
         help="Where the data lives now (the only key evaluate may change)."),
@@ -270,12 +274,14 @@ def evaluate(
 
         cifar2l evaluate runs/20261127-101500-train-default --split test
 
-        cifar2l evaluate runs/20261127-120000-train-best --ensemble
+        cifar2l evaluate runs/20261127-120000-train-best --ensemble --tta flip
+
+        cifar2l evaluate runs/20261127-120000-train-best/weights-avg.npz  (train.average)
     """
     from .evaluate import run_evaluate
 
     def work():
-        return run_evaluate(target, split, list(set_ or []), out, name, ensemble)
+        return run_evaluate(target, split, list(set_ or []), out, name, ensemble, tta)
 
     _execute(work, quiet, as_json, n_threads)
 

@@ -129,12 +129,23 @@ class ScheduleConfig(_Section):
         return self
 
 
+class AverageConfig(_Section):
+    """Weight averaging (average.py): a running average of the weights over the end of training,
+    kept beside the raw weights (weights-avg.npz) and scored separately."""
+
+    kind: Literal["ema", "swa"] = "ema"  # exponential moving average, or SWA's uniform mean
+    start: float = Field(0.75, ge=0, lt=1)  # fraction of the updates done before it starts
+    every: int = Field(10, ge=1)  # updates between two samples of the weights
+    decay: float = Field(0.99, gt=0, lt=1)  # ema: the old average's weight at each sample
+
+
 class TrainConfig(_Section):
     batch_size: int = Field(100, ge=1)
     shuffle: bool = True
     log_every: int | None = Field(None, ge=1)
     checkpoint_every: int | None = Field(None, ge=1)
     snapshots: list[int] | Literal["cycles"] | None = None
+    average: AverageConfig | None = None
 
     @field_validator("snapshots")
     @classmethod
@@ -215,7 +226,8 @@ DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "choice")
 class SearchConfig(_Section):
     trials: int = Field(16, ge=1)
     seed: int = Field(0, ge=0)  # numpy seeds are non-negative
-    metric: Literal["val_accuracy", "best_val_accuracy", "ensemble_val_accuracy"] = "val_accuracy"
+    metric: Literal["val_accuracy", "best_val_accuracy", "ensemble_val_accuracy",
+                    "tta_val_accuracy", "average_val_accuracy"] = "val_accuracy"
     space: dict[str, Distribution] = {}
     refine_from: str | None = None
     refine_top: int = Field(2, ge=1)
@@ -254,6 +266,22 @@ def _is_leaf(parts: list[str]) -> bool:
             return False
         model = names[part].annotation
     return not (isinstance(model, type) and issubclass(model, BaseModel))
+
+
+TTA_VIEWS = ("flip", "shift")
+
+
+class EvaluateConfig(_Section):
+    """Test-time augmentation (tta.py): the softmax outputs averaged over views of each image."""
+
+    tta: list[Literal["flip", "shift"]] = []  # flip: + the mirror; shift: + 1-pixel shifts
+
+    @field_validator("tta")
+    @classmethod
+    def _once_each(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"a view is listed twice: {v}; allowed: {', '.join(TTA_VIEWS)}")
+        return v
 
 
 class LRRangeConfig(_Section):
@@ -318,6 +346,7 @@ class Config(_Section):
     gradcheck: GradcheckConfig = GradcheckConfig()
     search: SearchConfig = SearchConfig()
     lrrange: LRRangeConfig = LRRangeConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     expected: ExpectedConfig | None = None
 
     @model_validator(mode="after")
@@ -332,8 +361,19 @@ class Config(_Section):
                              f"({total})")  # fmt: skip
         if self.search.metric == "ensemble_val_accuracy" and not snaps:
             raise ValueError("search.metric: ensemble_val_accuracy needs train.snapshots")
+        if self.search.metric == "tta_val_accuracy" and not self.evaluate.tta:
+            raise ValueError("search.metric: tta_val_accuracy needs evaluate.tta (e.g. [flip])")
+        if self.search.metric == "average_val_accuracy" and self.train.average is None:
+            raise ValueError("search.metric: average_val_accuracy needs train.average")
+        self._average_samples(total)
         self._metric_rows_bounded(total)
         return self
+
+    def _average_samples(self, total: int) -> None:
+        avg = self.train.average
+        if avg is not None and int(avg.start * total) + avg.every > total:
+            raise ValueError(f"train.average: no sample of the weights: start {avg.start} of "
+                             f"{total} updates leaves fewer than every ({avg.every}) after it")
 
     def _metric_rows_bounded(self, total: int) -> None:
         """An extra zero or two in n_s (or cycles) beside a small log_every asked for more

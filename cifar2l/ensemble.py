@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import network
+from . import network, tta
 from .errors import RunError
 from .weights import load_weights, save_weights
 
@@ -37,19 +37,22 @@ def member_step(path: Path) -> int:
     return int(path.stem.removeprefix("step-"))
 
 
-def average_probabilities(paths: list[Path], x) -> np.ndarray:
-    """Mean of the members' softmax outputs (N, C), one member in memory at a time."""
+def average_probabilities(paths: list[Path], x, views=(), reflect: bool = True) -> np.ndarray:
+    """Mean of the members' softmax outputs (N, C), one member in memory at a time; with
+    `views` (evaluate.tta), each member's outputs averaged over those views first."""
     total = None
     for path in paths:  # a wide member is tens of MB
-        p = network.probabilities(load_weights(path).params, x)[0]
+        params = load_weights(path).params
+        p = (tta.probabilities(params, x, views, reflect) if views else
+             network.probabilities(params, x))[0]  # fmt: skip
         total = p if total is None else total + p
     return total / len(paths)
 
 
-def ensemble_accuracy(paths: list[Path], splits: dict) -> dict:
-    """Accuracy of the averaged prediction on each split {name: Split}."""
-    return {k: float((average_probabilities(paths, s.x).argmax(axis=1) == s.y).mean())
-            for k, s in splits.items()}  # fmt: skip
+def ensemble_accuracy(paths: list[Path], splits: dict, views=(), reflect: bool = True) -> dict:
+    """Accuracy of the averaged prediction on each split {name: Split} (views: with TTA)."""
+    return {k: float((average_probabilities(paths, s.x, views, reflect).argmax(axis=1) == s.y)
+                     .mean()) for k, s in splits.items()}  # fmt: skip
 
 
 def run_members(target: Path) -> list[Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config as config_mod
-from . import console, data, network, plots, runs
+from . import console, data, network, plots, runs, tta
 from . import ensemble as ens
 from .errors import ConfigError, RunError, brief, clip
 from .rngs import make_rngs
@@ -77,19 +77,44 @@ def score(pred, y, classes: list[str]) -> dict:
     }
 
 
+def tta_views(option: str | None, cfg) -> list[str]:
+    """The TTA views of `--tta` (None: the run's evaluate.tta; "none": no TTA)."""
+    if option is None:
+        return list(cfg.evaluate.tta)
+    views = [] if option.strip() == "none" else [v.strip() for v in option.split(",")]
+    bad = [v for v in views if v not in config_mod.TTA_VIEWS] or len(set(views)) < len(views)
+    if bad:
+        raise ConfigError(f"--tta {brief(option)}: allowed values: none, or views from "
+                          f"{', '.join(config_mod.TTA_VIEWS)} separated by commas, each once")
+    return views
+
+
+def predictions(w: Weights, paths: list[Path], x, views, reflect: bool):
+    """Predicted labels (N,) of the weights, or of the ensemble of `paths`, with TTA `views`."""
+    if paths:
+        return ens.average_probabilities(paths, x, views, reflect).argmax(axis=1)
+    if views:
+        return tta.probabilities(w.params, x, views, reflect).argmax(axis=2)[0]
+    return network.predict(w.params, x)[0]
+
+
 def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str | None,
-                 ensemble: bool = False) -> dict:  # fmt: skip
+                 ensemble: bool = False, tta_option: str | None = None) -> dict:  # fmt: skip
     """Score a run's weights on a split; with `ensemble`, the average of its snapshots'
-    softmax outputs instead of its final weights."""
+    softmax outputs instead of its final weights; with TTA views (`--tta`, by default the
+    run's evaluate.tta), also the prediction averaged over them (summary `tta`)."""
     if split not in SPLITS:
         raise ConfigError(f"--split {brief(split)}: allowed values: {', '.join(SPLITS)}")
     started = time.perf_counter()
     paths = ens.run_members(target) if ensemble else []
     w = load_weights(paths[-1] if paths else target)  # the stored config and standardisation
     cfg, x, y = split_rows(w, overrides, split)
-    probs = ens.average_probabilities(paths, x) if paths else None
-    pred = probs.argmax(axis=1) if paths else network.predict(w.params, x)[0]
-    result = score(pred, y, w.classes)
+    views, reflect = tta_views(tta_option, cfg), cfg.augment.pad == "reflect"
+    result = score(predictions(w, paths, x, [], reflect), y, w.classes)
+    if views:
+        scored = score(predictions(w, paths, x, views, reflect), y, w.classes)
+        result["tta"] = {"views": views, "accuracy": scored["accuracy"],
+                         "per_class_accuracy": scored["per_class_accuracy"]}  # fmt: skip
     run_name = name or (Path(target) if paths else w.path.parent).name
     with runs.open_run(out, "evaluate", run_name, cfg, config_mod.dump_yaml(cfg), started) as run:
         cm = result.pop("confusion")
@@ -99,10 +124,20 @@ def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str 
         if paths:
             run.summary.update(weights=str(target), ensemble=[ens.member_step(p) for p in paths])
     what = f"snapshot ensemble of {len(paths)} in {target}" if paths else str(w.path)
-    console.table(f"{split} accuracy {result['accuracy']:.4f} ({what})", ["class", "accuracy"],
-                  [[c, a] for c, a in result["per_class_accuracy"].items()])  # fmt: skip
+    show_result(result, split, what)
     console.log(f"run dir: {run.path}")
     return run.summary
+
+
+def show_result(result: dict, split: str, what: str) -> None:
+    title = f"{split} accuracy {result['accuracy']:.4f}"
+    cols, rows = ["class", "accuracy"], [[c, a] for c, a in result["per_class_accuracy"].items()]
+    if "tta" in result:
+        t = result["tta"]
+        title += f", with TTA ({'+'.join(t['views'])}) {t['accuracy']:.4f}"
+        cols.append("tta accuracy")
+        rows = [[*r, t["per_class_accuracy"][r[0]]] for r in rows]
+    console.table(f"{title} ({what})", cols, rows)
 
 
 def write_confusion_csv(path: Path, cm: np.ndarray, classes: list[str]) -> None:

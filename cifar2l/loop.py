@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import augment, network, optim, runs
+from . import average as avg_mod
 from .errors import DivergedError, RunError
 from .rngs import make_rngs
 from .schedule import cycle_length, default_log_every, make_schedule, total_steps
@@ -96,6 +97,7 @@ class Stack:
     log_at: frozenset
     exploded: float = EXPLODED
     stop_on_divergence: bool = True  # False: a diverged trial is frozen, the others go on
+    average: object = None  # train.average (config.AverageConfig), or None
 
     @property
     def cfg(self):
@@ -123,7 +125,7 @@ def make_stack(cfgs: list, log_at=None, exploded: float = EXPLODED, etas=None,
     return Stack(tuple(cfgs), tuple(etas or [make_schedule(c.schedule) for c in cfgs]), opt,
                  vec(lambda c: c.model.dropout), vec(lambda c: c.optim.label_smoothing), total,
                  frozenset(log_points(total, every) if log_at is None else log_at), exploded,
-                 stop_on_divergence)  # fmt: skip
+                 stop_on_divergence, cfg.train.average)  # fmt: skip
 
 
 @dataclass
@@ -138,12 +140,15 @@ class TrainState:
     rows: list = field(default_factory=list)  # per trial: its metric rows
     diverged: dict = field(default_factory=dict)  # trial -> (step, lr): frozen there
     timing: list = field(default_factory=list)  # {step, seconds} at each metric row
+    average: dict | None = None  # train.average: the running average of params (average.py)
+    averaged: int = 0  # samples folded into it
 
     def select(self, index: list[int]) -> TrainState:
         """Trials `index` as a state of their own (each can then be resumed alone)."""
         vel = None if self.velocity is None else network.select(self.velocity, index)
+        avg = None if self.average is None else network.select(self.average, index)
         return dataclasses.replace(
-            self, params=network.select(self.params, index), velocity=vel,
+            self, params=network.select(self.params, index), velocity=vel, average=avg,
             rows=[self.rows[i] for i in index], timing=list(self.timing),
             diverged={j: self.diverged[i] for j, i in enumerate(index) if i in self.diverged})
 
@@ -220,6 +225,14 @@ def train_step(state: TrainState, stack: Stack, xb, yb, buffers: dict) -> None:
     optim.update(p, grads, lr, state.velocity, stack.opt)
 
 
+def average_step(state: TrainState, stack: Stack) -> None:
+    """Fold the weights after state.step updates into the running average when a sample is due."""
+    if stack.average is not None and avg_mod.due(stack.average, state.step, stack.total):
+        state.averaged += 1
+        w = avg_mod.sample_weight(stack.average, state.averaged)
+        state.average = avg_mod.fold(state.average, state.params, w)
+
+
 def run(state: TrainState, stack: Stack, data: Data, hooks: Hooks | None = None) -> TrainState:
     """Train from state.step to the end; return the state. The clock gets "eval" (metric rows)
     and "train" (the rest of the loop) seconds. A hook's StopTraining ends it early."""
@@ -262,5 +275,6 @@ def _loop(state: TrainState, stack: Stack, data: Data, hooks: Hooks) -> None:
         augment.batch(x, idx, cfg.augment, state.rngs["augment"], xb)
         train_step(state, stack, xb, y[idx], buffers)
         state.step = t + 1
+        average_step(state, stack)
         if hooks.step:
             hooks.step(1)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, console, data, ensemble, loop, network, plots, preload, runs
+from . import checkpoint, console, data, ensemble, loop, network, plots, preload, runs, tta
 from . import config as config_mod
 from .errors import ConfigError, DivergedError, RunError
 from .loop import METRIC_COLUMNS
@@ -27,6 +27,8 @@ from .weights import save_weights
 ROW_COLUMNS = [*METRIC_COLUMNS, "seconds"]
 TIMING_COLUMNS = ["step", "seconds"]
 SPLITS = ("train", "val", "test")
+TTA_SPLITS = ("val", "test")  # scored with evaluate.tta too (the train split is not: its cost)
+AVERAGE_FILE = "weights-avg.npz"  # train.average: the averaged weights, beside weights.npz
 
 
 def format_row(row: dict, seconds: float) -> str:
@@ -154,9 +156,10 @@ def save_snapshots(job: Job, params, t: int) -> None:
 
 
 def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock,
-               final: dict | None = None) -> dict:  # fmt: skip
+               final: dict | None = None, average: tuple | None = None) -> dict:  # fmt: skip
     """Write one trained network's metrics, weights, plots and summary (params: a stack of
-    T = 1); return its final metrics (computed here unless given)."""
+    T = 1; average: (its averaged weights, samples) under train.average); return its final
+    metrics (computed here unless given)."""
     total = total_steps(cfg.schedule)
     with clock("io"):
         runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, rows)
@@ -170,7 +173,8 @@ def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock
             ensemble.save_snapshot(run.path, total, params, prep, config_text)
     if loop.snapshot_steps(cfg):
         with clock("eval"):
-            run.summary["ensemble"] = ensemble_summary(run.path, prep, loop.snapshot_steps(cfg))
+            run.summary["ensemble"] = ensemble_summary(run.path, prep, cfg)
+    finish_extras(run, cfg, prep, params, average, config_text, clock)
     run.summary.update(
         timing={k: clock.rounded().get(k, 0.0) for k in ("train", "eval", "io")},
         steps=total, data=data_summary(prep),
@@ -180,13 +184,51 @@ def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock
     return final
 
 
-def ensemble_summary(run_path: Path, prep, steps: list[int]) -> dict:
-    """The snapshot ensemble's members (the `steps` of train.snapshots) and accuracy on every
-    split; RunError when a member's file is gone, rather than a smaller ensemble."""
+def finish_extras(run, cfg, prep, params, average, config_text: str, clock) -> None:
+    """The TTA accuracies (evaluate.tta) and the averaged weights (train.average: written to
+    weights-avg.npz, scored plainly and with TTA) into the summary, beside the plain ones."""
+    views, reflect = cfg.evaluate.tta, cfg.augment.pad == "reflect"
+    with clock("eval"):
+        if views:
+            run.summary["tta"] = {"views": list(views),
+                                  "accuracy": tta.accuracy(params, tta_splits(prep), views,
+                                                           reflect)[0]}  # fmt: skip
+    if average is None:
+        return
+    avg, samples = average
+    with clock("io"):
+        save_weights(run.path / AVERAGE_FILE, avg, prep, config_text)
+    with clock("eval"):
+        accs = {k: v["accuracy"] for k, v in final_metrics(avg, prep, 0.0)[0].items()}
+        entry = {**cfg.train.average.model_dump(), "samples": samples, "accuracy": accs}
+        if views:
+            entry["tta_accuracy"] = tta.accuracy(avg, tta_splits(prep), views, reflect)[0]
+    run.summary["average"] = entry
+
+
+def average_of(state, i: int) -> tuple | None:
+    """(trial i's averaged weights (T = 1), samples) of a trained state; None without one."""
+    if state.average is None:
+        return None
+    return network.select(state.average, [i]), state.averaged
+
+
+def tta_splits(prep) -> dict:
+    return {k: v for k, v in splits_of(prep).items() if k in TTA_SPLITS}
+
+
+def ensemble_summary(run_path: Path, prep, cfg) -> dict:
+    """The snapshot ensemble's members (the steps of train.snapshots) and accuracy on every
+    split (and with evaluate.tta, on the TTA splits); RunError when a member's file is gone,
+    rather than a smaller ensemble."""
+    steps = loop.snapshot_steps(cfg)
     paths = [ensemble.snapshot_path(run_path, t) for t in steps]
     check_snapshots(paths)
-    return {"members": steps,
-            "accuracy": ensemble.ensemble_accuracy(paths, splits_of(prep))}  # fmt: skip
+    out = {"members": steps, "accuracy": ensemble.ensemble_accuracy(paths, splits_of(prep))}
+    if cfg.evaluate.tta:
+        out["tta_accuracy"] = ensemble.ensemble_accuracy(
+            paths, tta_splits(prep), cfg.evaluate.tta, cfg.augment.pad == "reflect")
+    return out
 
 
 def check_snapshots(paths: list[Path]) -> None:
@@ -230,7 +272,7 @@ def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None,
         with checkpoint.deferred_signals():
             state = train_stack(job, resume)
             final = finish_run(run, cfg, prep, state.params, state.rows[0], config_text,
-                               job.clock)  # fmt: skip
+                               job.clock, average=average_of(state, 0))  # fmt: skip
             checkpoint.take_pending()  # came while finishing: the run is complete anyway
     except (checkpoint.Interrupted, DivergedError) as stop:  # both carry the loop's state
         state = getattr(stop, "state", None) or state
@@ -345,7 +387,7 @@ def finish_trials(job: Job, state, share: bool) -> list[dict]:
         charged = time.perf_counter() - sum(mine.seconds.values())
         with runs.start_run(job.dirs[k], "train", c, text, charged) as sub:
             finish_run(sub, c, job.prep, network.select(state.params, [k]), state.rows[k],
-                       text, mine, finals[k])  # fmt: skip
+                       text, mine, finals[k], average_of(state, k))  # fmt: skip
         subs.append(sub.summary)
     return subs
 
@@ -360,6 +402,8 @@ def show(final, summary: dict) -> None:
 def print_final(final: dict, summary: dict) -> None:
     console.table("final metrics", ["split", "loss", "cost", "accuracy"],
                   [[k, v["loss"], v["cost"], v["accuracy"]] for k, v in final.items()])
+    if "tta" in summary or "average" in summary:
+        print_extras(summary)
     if "ensemble" in summary:
         ens = summary["ensemble"]
         console.table(f"snapshot ensemble of {len(ens['members'])} (steps "
@@ -384,12 +428,39 @@ def repeat_summary(subs: list[dict], seeds: list[int], clock: runs.Clock) -> dic
         "timing": {k: clock.rounded().get(k, 0.0) for k in ("train", "eval", "io")},
     }  # fmt: skip
     if all("ensemble" in s for s in subs):
-        ens = {k: [s["ensemble"]["accuracy"][k] for s in subs] for k in splits}
         out["ensemble"] = {"members": subs[0]["ensemble"]["members"],
-                           "accuracy": {k: mean_std(v)[0] for k, v in ens.items()},
-                           "accuracy_std": {k: mean_std(v)[1] for k, v in ens.items()},
-                           "accuracy_runs": ens}  # fmt: skip
+                           **spread([s["ensemble"]["accuracy"] for s in subs])}  # fmt: skip
+    for key in ("tta", "average"):  # evaluate.tta, train.average: the same over the repeats
+        if all(key in s for s in subs):
+            out[key] = {**{k: v for k, v in subs[0][key].items() if "accuracy" not in k},
+                        **spread([s[key]["accuracy"] for s in subs])}  # fmt: skip
+    if all("tta_accuracy" in s.get("average", {}) for s in subs):
+        out["average"]["tta"] = spread([s["average"]["tta_accuracy"] for s in subs])
     return out
+
+
+def spread(accs: list[dict]) -> dict:
+    """Per split, the mean (`accuracy`), std (`accuracy_std`) and values (`accuracy_runs`) of
+    the repeats' accuracies `accs` ({split: accuracy} each)."""
+    runs_ = {k: [a[k] for a in accs] for k in accs[0]}
+    return {"accuracy": {k: mean_std(v)[0] for k, v in runs_.items()},
+            "accuracy_std": {k: mean_std(v)[1] for k, v in runs_.items()},
+            "accuracy_runs": runs_}  # fmt: skip
+
+
+def print_extras(summary: dict) -> None:
+    """The TTA and weight-average accuracies beside the plain ones, split by split."""
+    cols = {"plain": summary["accuracy"]}
+    if "tta" in summary:
+        cols[f"tta ({'+'.join(summary['tta']['views'])})"] = summary["tta"]["accuracy"]
+    if "average" in summary:
+        avg = summary["average"]
+        cols[f"average ({avg['kind']}, {avg['samples']} samples)"] = avg["accuracy"]
+        if "tta_accuracy" in avg:
+            cols["average + tta"] = avg["tta_accuracy"]
+    splits = list(summary["accuracy"])
+    console.table("accuracy with test-time augmentation / weight averaging", ["split", *cols],
+                  [[k, *[c.get(k, "-") for c in cols.values()]] for k in splits])  # fmt: skip
 
 
 def print_repeat(summary: dict) -> None:
@@ -397,10 +468,14 @@ def print_repeat(summary: dict) -> None:
     console.table(f"final accuracy over {k} initialisation seeds", ["split", "mean", "std"],
                   [[s, summary["accuracy"][s], summary["accuracy_std"][s]]
                    for s in summary["accuracy"]])  # fmt: skip
-    if "ensemble" in summary:
-        ens = summary["ensemble"]
-        console.table(f"snapshot ensemble accuracy over {k} seeds", ["split", "mean", "std"],
-                      [[s, ens["accuracy"][s], ens["accuracy_std"][s]] for s in ens["accuracy"]])
+    parts = {"ensemble": "snapshot ensemble", "tta": "test-time augmentation",
+             "average": "weight average"}  # fmt: skip
+    blocks = [(name, summary[key]) for key, name in parts.items() if key in summary]
+    if "tta" in summary.get("average", {}):
+        blocks.append(("weight average with test-time augmentation", summary["average"]["tta"]))
+    for name, block in blocks:
+        console.table(f"{name} accuracy over {k} seeds", ["split", "mean", "std"],
+                      [[s, m, block["accuracy_std"][s]] for s, m in block["accuracy"].items()])
 
 
 def run_resume(run_dir: Path, out=None) -> dict:

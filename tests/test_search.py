@@ -30,7 +30,8 @@ KEYS = ["optim.lambda", "model.hidden"]  # the order of the space in the test co
 SPACE = {"optim.lambda": "{log_uniform: [1.0e-4, 1.0e-1]}",
          "model.hidden": "{int_uniform: [4, 16]}"}  # fmt: skip
 HEADER = ("rank,trial,optim.lambda,model.hidden,val_accuracy,best_val_accuracy,"
-          "ensemble_val_accuracy,train_accuracy,status,seconds,init_seed,error")  # fmt: skip
+          "ensemble_val_accuracy,tta_val_accuracy,average_val_accuracy,train_accuracy,status,"
+          "seconds,init_seed,error")  # fmt: skip
 TRIALS = 6
 
 

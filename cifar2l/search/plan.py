@@ -299,6 +299,8 @@ def trial_row(path: Path, trial: dict, metric: str) -> dict:
         "val_accuracy": dig(s, "accuracy", "val"),
         "best_val_accuracy": dig(s, "best_val_accuracy"),
         "ensemble_val_accuracy": dig(s, "ensemble", "accuracy", "val"),
+        "tta_val_accuracy": dig(s, "tta", "accuracy", "val"),
+        "average_val_accuracy": dig(s, "average", "accuracy", "val"),
         "train_accuracy": dig(s, "accuracy", "train"), "status": s["status"],
         "seconds": dig(s, "seconds"), "error": str(s.get("error", "")),
     }  # fmt: skip

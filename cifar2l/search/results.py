@@ -24,8 +24,8 @@ from .trials import fmt_value, lock_path, shard_trials, sweep_locks
 
 def result_columns(space_keys: list[str]) -> list[str]:
     return ["rank", "trial", *space_keys, "val_accuracy", "best_val_accuracy",
-            "ensemble_val_accuracy", "train_accuracy", "status", "seconds", "init_seed",
-            "error"]  # fmt: skip
+            "ensemble_val_accuracy", "tta_val_accuracy", "average_val_accuracy",
+            "train_accuracy", "status", "seconds", "init_seed", "error"]  # fmt: skip
 
 
 def write_results(path: Path, rows: list[dict], keys: list[str]) -> None:
@@ -250,8 +250,9 @@ def print_top(result: dict, k: int, title: str) -> None:
     if not done:
         return
     metrics = ["val_accuracy", "best_val_accuracy", "train_accuracy"]
-    if any(r["ensemble_val_accuracy"] is not None for r in done):
-        metrics.insert(2, "ensemble_val_accuracy")
+    for m in ("ensemble_val_accuracy", "tta_val_accuracy", "average_val_accuracy"):
+        if any(r.get(m) is not None for r in done):
+            metrics.insert(-1, m)
     rows = [[r["rank"], r["trial"], *[r["params"][key] for key in keys],
              *["missing" if r[m] is None else r[m] for m in metrics]] for r in done]  # fmt: skip
     console.table(title, ["rank", "trial", *keys, *metrics], rows)

@@ -26,7 +26,15 @@ from .. import config as config_mod
 from ..errors import DataError, DivergedError, RunError
 from ..loop import METRIC_COLUMNS
 from ..rngs import make_rngs
-from ..train import Job, check_batch_size, final_metrics, finish_run, train_run, train_stack
+from ..train import (
+    Job,
+    average_of,
+    check_batch_size,
+    final_metrics,
+    finish_run,
+    train_run,
+    train_stack,
+)
 from .plan import FINISHED, load_plan, read_summary, trial_dir, trial_raw, trial_status
 
 # ---------------------------------------------------------------- claims
@@ -437,7 +445,7 @@ def finish_fused(group: FusedPass, i: int) -> tuple:
                                 f"(lr={state.diverged[i][1]:.6g})")  # fmt: skip
         with console.quiet():
             finish_run(run, cfg, group.prep, network.select(state.params, [i]), state.rows[i],
-                       text, group.share(), group.finals[i])  # fmt: skip
+                       text, group.share(), group.finals[i], average_of(state, i))  # fmt: skip
     return trial, trial_status(tdir)
 
 
