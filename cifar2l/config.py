@@ -46,6 +46,7 @@ class DataConfig(_Section):
     test: Literal["test_batch"] | None = "test_batch"
     val_size: int | None = Field(None, ge=1)
     standardize: Literal["per_feature", "per_channel"] = "per_feature"
+    zca_eps: float | None = Field(None, gt=0)  # ZCA-whiten the standardised inputs (whiten.py)
 
     @field_validator("train", "val")
     @classmethod

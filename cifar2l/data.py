@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import console, kernels, runs, untrusted
+from . import console, kernels, runs, untrusted, whiten
 from .errors import ConfigError, DataError, os_reason, shown
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -496,6 +496,8 @@ class Prepared:
     source: str
     format: str
     fingerprints: dict[str, str] = field(default_factory=dict)  # split -> fingerprint()
+    zca_mean: np.ndarray | None = None  # data.zca_eps: the whitening (whiten.py), else None
+    zca: np.ndarray | None = None  # (D, D)
 
 
 def fingerprint(x: np.ndarray, y: np.ndarray) -> str:
@@ -631,5 +633,19 @@ def prepare(data_cfg, dtype: str, rng: np.random.Generator) -> Prepared:
 
         splits = {k: split(raw[k]) for k in ("train", "val", "test")}
         fingerprints = {k: f.result() for k, f in prints.items()}
+    zca = whitened(splits, data_cfg.zca_eps)
     return Prepared(**splits, mean=mean, std=std, classes=ds.classes, source=ds.source,
-                    format=ds.format, fingerprints=fingerprints)  # fmt: skip
+                    format=ds.format, fingerprints=fingerprints, zca_mean=zca[0],
+                    zca=zca[1])  # fmt: skip
+
+
+def whitened(splits: dict, eps: float | None) -> tuple:
+    """With data.zca_eps: every split whitened (in place of its rows) by the whitening fitted
+    on the standardised training split; returns (mean, W), or (None, None) without."""
+    if eps is None:
+        return None, None
+    mean, w = whiten.fit(splits["train"].x, eps)
+    for k, s in splits.items():
+        if s is not None:
+            splits[k] = Split(whiten.apply(s.x, mean, w), s.y)
+    return mean, w

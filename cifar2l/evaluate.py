@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config as config_mod
-from . import console, data, network, plots, runs, tta
+from . import console, data, network, plots, runs, tta, whiten
 from . import ensemble as ens
 from .errors import ConfigError, RunError, brief, clip
 from .rngs import make_rngs
@@ -37,7 +37,8 @@ def split_rows(w: Weights, overrides: list[str], split: str):
     if x.shape[1] != w.mean.shape[0]:
         raise RunError(f"{w.path}: weights expect {w.mean.shape[0]} inputs, data has {x.shape[1]}")
     check_fingerprint(w, split, data.fingerprint(x, y), ds.source)
-    return cfg, data.standardize(x, w.mean, w.std, w.params["W1"].dtype), y
+    x = data.standardize(x, w.mean, w.std, w.params["W1"].dtype)
+    return cfg, x if w.zca is None else whiten.apply(x, w.zca_mean, w.zca), y
 
 
 def check_overrides(overrides: list[str]) -> None:

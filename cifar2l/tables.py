@@ -133,17 +133,33 @@ def lrrange(out: Path, jobs: int) -> None:
 
 
 def best(out: Path, jobs: int) -> None:
-    """`make best`: train configs/best.yaml over its seeds; the single network and its
-    snapshot ensemble, mean ± std."""
+    """`make best`: train configs/best.yaml over its seeds; the single network beside its
+    test-time augmentation, weight average and snapshot ensemble (those it has), mean ± std."""
     s = cifar2l(*command_args("train", "best", out, jobs))
-    ens = s["ensemble"]
-    rows = [[split, pm(s, split), pm(ens, split)] for split in s["accuracy"]]
+    cols = best_columns(s)
+    rows = [[split, *[pm(block, split) if split in block["accuracy"] else "-"
+                      for block in cols.values()]] for split in s["accuracy"]]  # fmt: skip
     console.table(f"Beyond the study: configs/best.yaml ({s['run_dir']}, {s.get('repeat', 1)} "
-                  f"seeds, {s['seconds'] / 60:.1f} min)", ["split", "single network",
-                  f"snapshot ensemble of {len(ens['members'])}"], rows)  # fmt: skip
+                  f"seeds, {s['seconds'] / 60:.1f} min)", ["split", *cols], rows)  # fmt: skip
     study_best = expected("table4-140").accuracy["test"]
     console.log(f"test accuracy: the study's best {study_best}; published one-hidden-layer "
                 "networks trained from scratch: about 0.55-0.58")  # fmt: skip
+
+
+def best_columns(s: dict) -> dict:
+    """{column title: a block with `accuracy` (and `accuracy_std` for repeats)} of a train
+    summary: the single network, then TTA, the weight average (with TTA), the ensemble."""
+    cols = {"single network": s}
+    if "tta" in s:
+        cols[f"TTA ({'+'.join(s['tta']['views'])})"] = s["tta"]
+    if "average" in s:
+        avg = s["average"]
+        cols[f"weight average ({avg['kind']})"] = avg
+        if "tta" in avg or "tta_accuracy" in avg:  # a repeat's block / a single run's dict
+            cols["weight average + TTA"] = avg.get("tta") or {"accuracy": avg["tta_accuracy"]}
+    if "ensemble" in s:
+        cols[f"snapshot ensemble of {len(s['ensemble']['members'])}"] = s["ensemble"]
+    return cols
 
 
 # ---------------------------------------------------------------- make report

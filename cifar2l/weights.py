@@ -30,14 +30,17 @@ class Weights:
     config_text: str
     path: Path
     fingerprints: dict[str, str] | None = None  # split -> data.fingerprint (None: older file)
+    zca_mean: np.ndarray | None = None  # data.zca_eps: the whitening after standardisation
+    zca: np.ndarray | None = None
 
 
 def save_weights(path: Path, params: dict, prep, config_text: str):
     """One network (a stack of T = 1), the training split's statistics, class names, the
     splits' fingerprints and the resolved config, in one file."""
+    zca = {} if prep.zca is None else {"zca_mean": prep.zca_mean, "zca": prep.zca}
     runs.save_npz(path, **single(params), mean=prep.mean, std=prep.std,
                   classes=np.array(prep.classes), config=np.array(config_text),
-                  fingerprints=np.array(json.dumps(prep.fingerprints)))  # fmt: skip
+                  fingerprints=np.array(json.dumps(prep.fingerprints)), **zca)  # fmt: skip
 
 
 def weights_path(target: Path) -> Path:
@@ -69,7 +72,8 @@ def load_weights(target: Path) -> Weights:
             check_layout(params, path)
             prints = json.loads(str(f["fingerprints"])) if "fingerprints" in f else None
             w = Weights(params, f["mean"], f["std"], [str(c) for c in f["classes"]],
-                        str(f["config"]), path, prints)  # fmt: skip
+                        str(f["config"]), path, prints,
+                        *((f["zca_mean"], f["zca"]) if "zca" in f else ()))  # fmt: skip
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise RunError(f"{path}: not a cifar2l weights file ({e})") from None
     check_shapes(w)
@@ -82,12 +86,14 @@ def check_values(w: Weights) -> None:
     """Refuse what would score as a number that means nothing (NaN weights predict class 0
     everywhere, exit 0) or fail deep in a kernel: one float dtype for the parameters, finite
     values everywhere, a positive std."""
-    dtypes = {w.params[k].dtype for k in PARAM_KEYS} | {w.mean.dtype, w.std.dtype}
+    extra = [] if w.zca is None else [("zca_mean", w.zca_mean), ("zca", w.zca)]
+    dtypes = {w.params[k].dtype for k in PARAM_KEYS} | {w.mean.dtype, w.std.dtype} | {
+        a.dtype for _, a in extra}  # fmt: skip
     if len({w.params[k].dtype for k in PARAM_KEYS}) != 1 or not dtypes <= FLOATS:
         kinds = ", ".join(f"{k} {w.params[k].dtype}" for k in PARAM_KEYS)
         raise RunError(f"{w.path}: weights must be float32 or float64 arrays of one dtype, "
                        f"got {kinds}, mean {w.mean.dtype}, std {w.std.dtype}")  # fmt: skip
-    bad = [k for k, a in (*w.params.items(), ("mean", w.mean), ("std", w.std))
+    bad = [k for k, a in (*w.params.items(), ("mean", w.mean), ("std", w.std), *extra)
            if not np.isfinite(a).all()]  # fmt: skip
     if bad:
         raise RunError(f"{w.path}: non-finite values (NaN or inf) in {', '.join(bad)}")
@@ -100,7 +106,8 @@ def check_shapes(w: Weights) -> None:
     d, h = p["W1"].shape if p["W1"].ndim == 2 else (None, None)
     expected = {"b1": (h,), "W2": (h, len(w.classes)), "b2": (len(w.classes),)}
     bad = [k for k, s in expected.items() if p[k].shape != s]
-    if d is None or bad or w.mean.shape != (d,) or w.std.shape != (d,):
+    zca_bad = w.zca is not None and (w.zca.shape != (d, d) or w.zca_mean.shape != (d,))
+    if d is None or bad or zca_bad or w.mean.shape != (d,) or w.std.shape != (d,):
         shapes = ", ".join(f"{k} {p[k].shape}" for k in PARAM_KEYS)
         raise RunError(f"{w.path}: inconsistent weight shapes ({shapes})")
 

@@ -206,3 +206,53 @@ def test_search_ranks_by_the_average_or_tta_accuracy(tmp_path, official_dir):
     col = header.index("average_val_accuracy")
     vals = [float(r.split(",")[col]) for r in rows]
     assert vals == sorted(vals, reverse=True) and all(0 <= v <= 1 for v in vals)
+
+
+# ---------------------------------------------------------------- ZCA whitening (data.zca_eps)
+
+
+def test_zca_whitening_gives_unit_covariance_and_keeps_the_image_nearest():
+    from cifar2l import whiten
+
+    rng = np.random.default_rng(5)
+    mix = np.eye(12) + 0.3 * rng.standard_normal((12, 12))  # well conditioned: eps is negligible
+    x = rng.standard_normal((3000, 12)) @ mix + 3.0
+    mean, w = whiten.fit(x, 1e-9)
+    np.testing.assert_array_equal(w, w.T)
+    z = whiten.apply(x, mean, w)
+    np.testing.assert_allclose(np.cov(z, rowvar=False, bias=True), np.eye(12), atol=1e-8)
+    # float32 rows stay float32 (rounding of a conditioned mix: ~1e-5 relative)
+    x32 = x.astype(np.float32)
+    z32 = whiten.apply(x32, mean, w)
+    assert z32.dtype == np.float32
+    np.testing.assert_allclose(z32, (x32.astype(np.float64) - mean) @ w, rtol=1e-3, atol=1e-3)
+    # a large eps leaves a direction of small variance nearly as it was (scaled by 1/sqrt(eps))
+    _, w_big = whiten.fit(x, 1e6)
+    np.testing.assert_allclose(w_big, np.eye(12) / 1e3, rtol=1e-3, atol=1e-6)
+
+
+def test_a_whitened_run_stores_its_whitening_and_evaluate_applies_it(tmp_path, official_dir):
+    s = train(tmp_path, official_dir, "r", "--set", "data.zca_eps=0.1")
+    run = Path(s["run_dir"])
+    with np.load(run / "weights.npz") as f:
+        assert f["zca"].shape == (3072, 3072) and f["zca_mean"].shape == (3072,)
+    ev = json.loads(ok("evaluate", run, "--split", "val", "--out", tmp_path / "ev",
+                       "--json").stdout)  # fmt: skip
+    assert ev["accuracy"] == s["accuracy"]["val"]
+    plain = train(tmp_path, official_dir, "p")
+    assert plain["accuracy"] != s["accuracy"] or plain["loss"] != s["loss"]
+
+
+def test_make_best_table_shows_every_accuracy_a_run_has(tmp_path, official_dir):
+    from cifar2l import tables
+
+    single = train(tmp_path, official_dir, "one", *AVG, *TTA)
+    rep = train(tmp_path, official_dir, "rep", *AVG, *TTA, "--repeat", 2)
+    for s in (single, rep):
+        cols = tables.best_columns(s)
+        assert list(cols) == ["single network", "TTA (flip+shift)", "weight average (swa)",
+                              "weight average + TTA"]  # fmt: skip
+        assert tables.pm(cols["weight average + TTA"], "test").startswith("0.")
+    assert " ± " in tables.pm(tables.best_columns(rep)["TTA (flip+shift)"], "val")
+    assert list(tables.best_columns(train(tmp_path, official_dir, "plain"))) == [
+        "single network"]  # fmt: skip
