@@ -256,3 +256,15 @@ def test_make_best_table_shows_every_accuracy_a_run_has(tmp_path, official_dir):
     assert " ± " in tables.pm(tables.best_columns(rep)["TTA (flip+shift)"], "val")
     assert list(tables.best_columns(train(tmp_path, official_dir, "plain"))) == [
         "single network"]  # fmt: skip
+
+
+def test_a_weights_file_with_a_broken_whitening_is_refused(tmp_path, official_dir):
+    s = train(tmp_path, official_dir, "r", "--set", "data.zca_eps=1.0")
+    path = Path(s["run_dir"]) / "weights.npz"
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    for key, bad in [("zca", arrays["zca"][:5]), ("zca_mean", np.full(3072, np.nan))]:
+        np.savez(tmp_path / "bad.npz", **{**arrays, key: bad})
+        res = invoke("evaluate", tmp_path / "bad.npz", "--out", tmp_path / "ev")
+        one_error_line(res, 1, "bad.npz")
+    assert not (tmp_path / "ev").exists()
