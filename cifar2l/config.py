@@ -316,6 +316,7 @@ class ExpectedConfig(_Section):
     accuracy: dict[Split, float] = {}           # the study's accuracies
     minimum: dict[Split, float] = {}            # targets ours must reach (no study number)
     ensemble_minimum: dict[Split, float] = {}   # the same for the snapshot ensemble
+    tta_minimum: dict[Split, float] = {}        # the same with test-time augmentation
     top: list[list[float]] = []                 # search: [lambda, val accuracy], best first
     eta_min: float | None = Field(None, gt=0)   # LR range test picks
     eta_max: float | None = Field(None, gt=0)

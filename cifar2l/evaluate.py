@@ -78,10 +78,10 @@ def score(pred, y, classes: list[str]) -> dict:
     }
 
 
-def tta_views(option: str | None, cfg) -> list[str]:
-    """The TTA views of `--tta` (None: the run's evaluate.tta; "none": no TTA)."""
+def tta_views(option: str | None) -> list[str] | None:
+    """The TTA views of `--tta` ("none": no TTA); None when not given (the run's own)."""
     if option is None:
-        return list(cfg.evaluate.tta)
+        return None
     views = [] if option.strip() == "none" else [v.strip() for v in option.split(",")]
     bad = [v for v in views if v not in config_mod.TTA_VIEWS] or len(set(views)) < len(views)
     if bad:
@@ -106,11 +106,12 @@ def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str 
     run's evaluate.tta), also the prediction averaged over them (summary `tta`)."""
     if split not in SPLITS:
         raise ConfigError(f"--split {brief(split)}: allowed values: {', '.join(SPLITS)}")
-    started = time.perf_counter()
+    started, views = time.perf_counter(), tta_views(tta_option)
     paths = ens.run_members(target) if ensemble else []
     w = load_weights(paths[-1] if paths else target)  # the stored config and standardisation
     cfg, x, y = split_rows(w, overrides, split)
-    views, reflect = tta_views(tta_option, cfg), cfg.augment.pad == "reflect"
+    views = list(cfg.evaluate.tta) if views is None else views
+    reflect = cfg.augment.pad == "reflect"
     result = score(predictions(w, paths, x, [], reflect), y, w.classes)
     if views:
         scored = score(predictions(w, paths, x, views, reflect), y, w.classes)

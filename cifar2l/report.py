@@ -171,14 +171,19 @@ def accuracy_rows(item: Item) -> list[Row]:
                 std=std.get(k)) for k, v in e.accuracy.items()]  # fmt: skip
     rows += [Row(f"{k} accuracy (target >= {v})", acc.get(k), v, at_least(acc.get(k), v),
                  std=std.get(k)) for k, v in e.minimum.items()]  # fmt: skip
-    ens = s.get("ensemble", {})
-    ens_acc, ens_std = ens.get("accuracy", {}), ens.get("accuracy_std", {})
-    rows += [Row(f"snapshot ensemble, {k} accuracy (target >= {v})", ens_acc.get(k), v,
-                 at_least(ens_acc.get(k), v), std=ens_std.get(k))
-             for k, v in e.ensemble_minimum.items()]  # fmt: skip
+    rows += target_rows("snapshot ensemble", s.get("ensemble", {}), e.ensemble_minimum)
+    rows += target_rows("test-time augmentation", s.get("tta", {}), e.tta_minimum)
     if not rows:  # an item with no study numbers: ours alone
         rows = [Row(f"{k} accuracy", v, std=std.get(k)) for k, v in acc.items()]
     return rows
+
+
+def target_rows(what: str, block: dict, minimum: dict) -> list[Row]:
+    """Rows of a summary block ({accuracy, accuracy_std}: the ensemble's, TTA's) against its
+    targets (expected.ensemble_minimum, expected.tta_minimum)."""
+    acc, std = block.get("accuracy", {}), block.get("accuracy_std", {})
+    return [Row(f"{what}, {k} accuracy (target >= {v})", acc.get(k), v, at_least(acc.get(k), v),
+                std=std.get(k)) for k, v in minimum.items()]  # fmt: skip
 
 
 def search_rows(item: Item) -> list[Row]:

@@ -346,5 +346,7 @@ def test_snapshot_runs_are_reproducible(official_dir, tmp_path):
 
 def test_best_config_loads_and_is_what_the_readme_promises():
     cfg = load_config(BEST)
-    assert cfg.model.hidden >= 1024 and cfg.train.snapshots is not None
+    assert cfg.model.hidden >= 1024 and cfg.data.zca_eps is not None
+    assert cfg.evaluate.tta == ["flip", "shift"] and cfg.train.average is not None
     assert cfg.data.val_size and cfg.data.test == "test_batch"
+    assert cfg.expected.seeds == 1  # make best: one seed (the README's 3 seeds: --repeat)

@@ -268,3 +268,15 @@ def test_a_weights_file_with_a_broken_whitening_is_refused(tmp_path, official_di
         res = invoke("evaluate", tmp_path / "bad.npz", "--out", tmp_path / "ev")
         one_error_line(res, 1, "bad.npz")
     assert not (tmp_path / "ev").exists()
+
+
+def test_the_report_checks_the_tta_target_of_an_item():
+    from cifar2l import report
+    from cifar2l.config import ExpectedConfig
+
+    e = ExpectedConfig(item="x", minimum={"test": 0.6}, tta_minimum={"test": 0.65})
+    summary = {"accuracy": {"test": 0.62}, "tta": {"views": ["flip"], "accuracy": {"test": 0.64}}}
+    rows = report.accuracy_rows(report.Item(Path("r"), summary, e))
+    assert [(r.ok, r.label) for r in rows] == [
+        (True, "test accuracy (target >= 0.6)"),
+        (False, "test-time augmentation, test accuracy (target >= 0.65)")]  # fmt: skip
