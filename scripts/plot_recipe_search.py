@@ -1,10 +1,16 @@
-"""The figure of issue 16's whitening search: proxy validation accuracy against the peak rate.
+"""The figures of issue 16's recipe search.
 
-Reads the results.csv of the proxy searches and the summary of the plain proxy run, writes
-docs/recipe-search.png:
+docs/recipe-search.png: proxy validation accuracy against the peak rate, from the results.csv of
+the whitening searches and the summary of the plain proxy run:
 
-    python scripts/plot_recipe_search.py runs/20261201-222228-train-proxy-baseline \
+    python scripts/plot_recipe_search.py search runs/20261201-222228-train-proxy-baseline \
         runs/search-zca runs/search-zca2 runs/search-zca3
+
+docs/best-accuracy.png: training and validation accuracy of full-size runs against the update
+step, one colour per run (their metrics.csv), labelled by the given names:
+
+    python scripts/plot_recipe_search.py curves "before (issue 7)" runs/20261201-180754-train-best \
+        "whitened (issue 16)" runs/20261201-225440-train-best
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 OUT = Path("docs/recipe-search.png")
+CURVES = Path("docs/best-accuracy.png")
 
 
 def trials(dirs: list[Path]) -> list[dict]:
@@ -34,7 +41,30 @@ def trials(dirs: list[Path]) -> list[dict]:
     return rows
 
 
-def main(argv: list[str]) -> int:
+def curves(argv: list[str]) -> int:
+    """Train (dashed) and validation (solid) accuracy of each (name, run dir) pair."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    pairs = list(zip(argv[::2], argv[1::2], strict=True))
+    for (name, run), colour in zip(pairs, ["tab:gray", "tab:blue", "tab:green"], strict=False):
+        rows = list(csv.DictReader((Path(run) / "metrics.csv").open()))
+        steps = [int(r["step"]) for r in rows]
+        ax.plot(steps, [float(r["val_accuracy"]) for r in rows], "o-", color=colour,
+                label=f"{name}: validation")  # fmt: skip
+        ax.plot(steps, [float(r["train_accuracy"]) for r in rows], "--", color=colour,
+                label=f"{name}: training")  # fmt: skip
+    ax.set_xlabel("update step (351 a epoch, 60 epochs)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0.4, 0.8)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title("configs/best.yaml, seed 42: 4096 ReLU units, one hidden layer")
+    fig.tight_layout()
+    fig.savefig(CURVES, dpi=110)
+    print(CURVES)
+    return 0
+
+
+def search(argv: list[str]) -> int:
     base = json.loads((Path(argv[0]) / "summary.json").read_text())
     rows = trials([Path(a) for a in argv[1:]])
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -58,4 +88,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit({"search": search, "curves": curves}[sys.argv[1]](sys.argv[2:]))

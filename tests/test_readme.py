@@ -29,7 +29,13 @@ SLOW = {
     "cifar2l train configs/final.yaml --set train.checkpoint_every=2000 --out runs/demo":
         "98 epochs (tests/test_resume.py interrupts and resumes runs)",
     "cifar2l train --resume runs/demo/*-train-final": "needs the interrupted run above",
-    "cifar2l train configs/best.yaml": "23-28 minutes",
+    "cifar2l train configs/best.yaml": "22-25 minutes",
+    "cifar2l train configs/best.yaml --repeat 2": "45 minutes",
+    "cifar2l search configs/search-recipe.yaml --dir runs/search-recipe": "9 minutes",
+    "cifar2l search configs/search-zca.yaml --dir runs/search-zca": "9 minutes",
+    "cifar2l search configs/search-zca2.yaml --dir runs/search-zca2": "9 minutes",
+    "cifar2l search configs/search-zca3.yaml --dir runs/search-zca3": "6 minutes",
+    "cifar2l train configs/proxy.yaml": "100 s (a 1024-unit network on all the training images)",
     "cifar2l lrrange configs/lrrange-80.yaml --repeat 5": "5 sweeps of 16 s",
     "cifar2l search configs/search-coarse.yaml --jobs 2 --dir runs/coarse --repeat-best 5":
         "2 minutes (tests/test_search.py runs searches on tiny data)",
