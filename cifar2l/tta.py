@@ -3,8 +3,9 @@
 `evaluate.tta` names the views besides the image itself: `flip` adds its mirror, `shift` its
 four 1-pixel shifts (up, down, left, right; the border filled as in training, augment.pad), and
 both together give every shift of the image and of its mirror (10 views). The views are made by
-the training gather (kernels.gather_augment), so a view is exactly an augmentation the network
-was trained on. Plain accuracies stay what they are; TTA ones are reported beside them.
+the gather training uses for its flips and shifts (kernels.gather_augment), so with
+`augment.flip` and `augment.translate` a view is one of the images the network trained on.
+Plain accuracies stay what they are; TTA ones are reported beside them.
 """
 
 from __future__ import annotations
