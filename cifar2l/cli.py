@@ -356,6 +356,31 @@ def _search(config, run_dir, jobs, shard, directory, resume, refine, repeat_best
         repeat_best=repeat_best)
 
 
+@app.command()
+def export(
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="Run directories to export; the runs inside one (a --repeat run's repeats, a "
+             "search's trials) become runs of their own.", show_default=False)],
+    tensorboard: Annotated[Path | None, typer.Option("--tensorboard", metavar="DIR", help=(
+        "Write TensorBoard event files: DIR/<run dir name>/ per RUN (refused when it exists). "
+        "Needs: pip install 'cifar2l[tensorboard]'."), show_default=False)] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Export runs to TensorBoard: per-step metrics as scalars, the config as text, the
+    hyperparameters with the final accuracies (hparams).
+
+    Example:
+
+        cifar2l export runs/20261127-101500-train-default runs/coarse --tensorboard tb
+
+        tensorboard --logdir tb
+    """
+    from .export import run_export
+
+    _execute(lambda: run_export(run_dirs, tensorboard), quiet, as_json)
+
+
 def main() -> None:
     app()
 
