@@ -359,11 +359,12 @@ def _search(config, run_dir, jobs, shard, directory, resume, refine, repeat_best
 @app.command()
 def export(
     run_dirs: Annotated[list[Path], typer.Argument(
-        help="Run directories to export; the runs inside one (a --repeat run's repeats, a "
-             "search's trials) become runs of their own.", show_default=False)],
+        metavar="RUN", help="Run directories to export; the runs inside one (a --repeat run's "
+                            "repeats, a search's trials) become runs of their own.",
+        show_default=False)],
     tensorboard: Annotated[Path | None, typer.Option("--tensorboard", metavar="DIR", help=(
         "Write TensorBoard event files: DIR/<run dir name>/ per RUN (refused when it exists). "
-        "Needs: pip install 'cifar2l[tensorboard]'."), show_default=False)] = None,
+        "Needs: pip install 'cifar2l\\[tensorboard]'."), show_default=False)] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ):

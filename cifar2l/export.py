@@ -75,7 +75,9 @@ def read_summary(run: Path, what: str = "RUN") -> dict:
     except (OSError, ValueError, RecursionError):
         summary = None
     if not isinstance(summary, dict):
-        raise ConfigError(f"{what} {shown(run)}: not a run directory (no readable summary.json)")
+        hint = "; a runs root? give the run directories in it" if nested_summaries(run) else ""
+        raise ConfigError(f"{what} {shown(run)}: not a run directory (no readable summary.json"
+                          f"{hint})")
     return summary
 
 
@@ -114,7 +116,10 @@ def parts_of(run: Path, name: str) -> list[Part]:
 
 
 def nested_summaries(run: Path) -> list[Path]:
-    return sorted(p for p in run.rglob("*/summary.json") if p.is_file())
+    """The summary.json files below `run` (not its own), in path order."""
+    with contextlib.suppress(OSError):
+        return sorted(p for p in Path(run).rglob("*/summary.json") if p.is_file())
+    return []
 
 
 def step_csvs(path: Path) -> list[Path]:

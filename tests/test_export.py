@@ -308,6 +308,8 @@ def test_not_a_run_dir(made, tmp_path):
     for bad in (tmp_path / "empty", tmp_path / "missing", made.train / "config.yaml"):
         result = invoke("export", made.train, bad, "--tensorboard", tmp_path / "tb")
         one_error_line(result, 2, str(bad), "not a run directory")
+    result = invoke("export", made.train.parent, "--tensorboard", tmp_path / "tb")
+    one_error_line(result, 2, str(made.train.parent), "a runs root?")
     assert not (tmp_path / "tb").exists()  # checked before anything is written
 
 
