@@ -6,8 +6,8 @@ path in the run dir: DIR/<name>/trials/003. A TensorBoard run holds
 - a scalar per column of each per-step CSV (metrics.csv, timing.csv, lrrange.csv: every CSV
   with a `step` column) as `<csv name>/<column>` at that step;
 - config.yaml (and command.txt) as text;
-- hparams: the searched keys of a search (the whole flattened config, scalars only, otherwise)
-  with the final metrics of summary.json, also written as `final/<key>` scalars.
+- hparams: the searched keys of a search (the whole flattened config, scalars only, otherwise),
+  and the final metrics of summary.json as `final/<key>` scalars, the hparams table's metrics.
 
 The export is built in a hidden temporary directory and renamed into place at the end, so an
 error or an interrupt leaves no half export, and an existing DIR/<name> is never added to.
@@ -217,13 +217,18 @@ def write_texts(w, path: Path) -> None:
 
 
 def write_hparams(w, hparams, part: Part, step: int) -> None:
-    """The hparams plugin's records, into this run's own event file (SummaryWriter.add_hparams
-    would open a second run beside it), with the final metrics as scalars at the last step."""
+    """The hparams plugin's session records, into this run's own event file
+    (SummaryWriter.add_hparams would open a second run beside it), with the final metrics as
+    scalars at the last step. Not its experiment record: TensorBoard takes the columns of the
+    first one it finds for the whole logdir, so runs exported with other keys (a search beside
+    a train run, another export into the same DIR) would lose theirs; without one it builds
+    the columns from every run's session (its keys) and scalars."""
     cfg = read_yaml(part.path / "config.yaml")
     values = hparam_values(cfg, part.keys, part.summary.get("command"))
     metrics = {k: v for k, v in final_metrics(part.summary).items() if math.isfinite(v)}
-    for summary in hparams(values, metrics):
-        w.file_writer.add_summary(summary)
+    _experiment, session_start, session_end = hparams(values, metrics)
+    w.file_writer.add_summary(session_start)
+    w.file_writer.add_summary(session_end)
     for tag, value in metrics.items():
         w.add_scalar(tag, value, step)
 

@@ -102,16 +102,17 @@ def texts(events) -> dict[str, str]:
 
 
 def hparams_of(events) -> SimpleNamespace:
-    """The hparams plugin's records: the experiment's metric tags and the session's values."""
+    """The hparams plugin's records: whether an experiment record was written, the session's
+    values and whether it ended."""
     from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
 
-    found = SimpleNamespace(metrics=None, hparams=None, ended=False)
+    found = SimpleNamespace(experiment=False, hparams=None, ended=False)
     for _, v in values(events, "hparams"):
         data = HParamsPluginData()
         data.ParseFromString(v.metadata.plugin_data.content)
         kind = data.WhichOneof("data")
         if kind == "experiment":
-            found.metrics = [m.name.tag for m in data.experiment.metric_infos]
+            found.experiment = True
         elif kind == "session_start_info":
             found.hparams = {k: getattr(h, h.WhichOneof("kind"))
                              for k, h in data.session_start_info.hparams.items()}  # fmt: skip
@@ -237,14 +238,15 @@ def test_train_hparams_are_the_config_and_final_metrics(made, exported):
     assert not any(k.split(".")[0] in ("gradcheck", "lrrange", "search", "expected")
                    for k in hp.hparams)  # fmt: skip
     assert "gradcheck.lambdas" not in hp.hparams  # a list: no hparams type
+    assert not hp.experiment  # TensorBoard builds the columns from all runs' sessions
     summary = summary_of(made.train)
-    assert {"final/accuracy.val", "final/accuracy.test", "final/best_val_accuracy"} \
-        <= set(hp.metrics)  # fmt: skip
     got = scalars(events)
+    assert {"final/accuracy.val", "final/accuracy.test", "final/best_val_accuracy",
+            "final/loss.val"} <= set(got)  # fmt: skip
+    assert not any("seconds" in t or "timing." in t for t in got if t.startswith("final/"))
     last = max(int(r["step"]) for r in csv.DictReader((made.train / "metrics.csv").open()))
     (step, value), = got["final/accuracy.test"]
     assert step == last and value == pytest.approx(summary["accuracy"]["test"], rel=1e-6)
-    assert all(tag in got for tag in hp.metrics)  # the hparams table reads these scalars
 
 
 def test_repeat_exports_each_seed_as_its_own_run(made, exported):
@@ -259,8 +261,9 @@ def test_repeat_exports_each_seed_as_its_own_run(made, exported):
         assert_csv_scalars(events, made.repeat / "repeats" / k, ("metrics.csv",))
         seed = yaml.safe_load((made.repeat / "repeats" / k / "config.yaml").read_text())
         assert hparams_of(events).hparams["init_seed"] == pytest.approx(seed["init_seed"])
-    root = hparams_of(read_events(top))  # the mean over the seeds
-    assert {"final/accuracy.val", "final/accuracy_std.val"} <= set(root.metrics)
+    root = read_events(top)  # the mean over the seeds
+    assert hparams_of(root).hparams["model.hidden"] == 8
+    assert {"final/accuracy.val", "final/accuracy_std.val"} <= set(scalars(root))
 
 
 def test_search_trials_have_the_searched_keys(made, exported):
@@ -277,14 +280,14 @@ def test_search_trials_have_the_searched_keys(made, exported):
         assert sorted(hp.hparams) == sorted(SPACE_KEYS)
         assert hp.hparams["optim.lambda"] == pytest.approx(cfg["optim"]["lambda"], rel=1e-12)
         assert hp.hparams["model.hidden"] == cfg["model"]["hidden"]
-        assert "final/accuracy.val" in hp.metrics
+        assert "final/accuracy.val" in scalars(events)
 
 
 def test_lrrange_sweep_is_exported(made, exported):
     events = read_events(exported / made.lrrange.name)
     assert_csv_scalars(events, made.lrrange, ("lrrange.csv",))
     hp = hparams_of(events)
-    assert "lrrange.lr_max" in hp.hparams and "final/suggestion.eta_max" in hp.metrics
+    assert "lrrange.lr_max" in hp.hparams and "final/suggestion.eta_max" in scalars(events)
 
 
 def test_no_temporary_directory_is_left(exported):
@@ -355,3 +358,9 @@ def test_failure_midway_leaves_nothing(made, tmp_path, monkeypatch):
     result = invoke("export", made.repeat, "--tensorboard", tmp_path / "tb")
     one_error_line(result, 1, "No space left on device")
     assert list((tmp_path / "tb").iterdir()) == []  # no half export, no temporary dir
+
+
+def test_help_has_example_and_names_the_extra():
+    out = ok("export", "--help").stdout
+    assert "Example:" in out and "cifar2l export " in out and "tensorboard --logdir" in out
+    assert "cifar2l[tensorboard]" in out  # the brackets survive rich markup
