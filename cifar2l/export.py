@@ -270,12 +270,23 @@ def plan(run_dirs: list[Path], root: Path) -> list[tuple[Path, str]]:
     return planned
 
 
+def remove_stale_exports(root: Path) -> None:
+    """Remove the temporary directories that killed exports left in `root` (TensorBoard would
+    show them as runs); those of live exports stay. Never fails."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for p in root.glob(".*.export.*"):
+            if p.is_dir() and not p.is_symlink() and runs.is_stale_temp(p, now):
+                shutil.rmtree(p, ignore_errors=True)
+
+
 def export_run(writer_cls, hparams, run: Path, name: str, root: Path) -> dict:
     """All TensorBoard runs of one RUN, built in a hidden temporary directory of `root` and
     renamed to root/name when complete (removed again on any error)."""
     parts = parts_of(run, name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name[:200]}.export-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name[:200]}.export.{runs.writer_tag()}.", dir=root))
     try:
+        os.chmod(tmp, 0o777 & ~runs.umask())  # mkdtemp's 0700 would hide it from colleagues
         points = sum(write_part(writer_cls, hparams, p, tmp / p.name.partition("/")[2])
                      for p in parts)  # fmt: skip
         os.rename(tmp, root / name)  # fails, rather than merging, if root/name appeared since
@@ -294,6 +305,7 @@ def run_export(run_dirs: list[Path], tensorboard: Path | None) -> dict:
     planned = plan(run_dirs, root)
     writer_cls, hparams = load_writer()
     check_dest(root)
+    remove_stale_exports(root)
     done = [export_run(writer_cls, hparams, run, name, root) for run, name in planned]
     console.table("exported to TensorBoard", ["run", "runs", "scalar points", "event files in"],
                   [[d["run"], d["runs"], d["scalars"], d["export"]] for d in done])

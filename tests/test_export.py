@@ -364,3 +364,20 @@ def test_help_has_example_and_names_the_extra():
     out = ok("export", "--help").stdout
     assert "Example:" in out and "cifar2l export " in out and "tensorboard --logdir" in out
     assert "cifar2l[tensorboard]" in out  # the brackets survive rich markup
+
+
+def test_leftover_of_a_killed_export_is_removed(made, tmp_path):
+    pytest.importorskip("tensorboardX")
+    from cifar2l import runs
+
+    tb = tmp_path / "tb"
+    host = runs.writer_tag().split("-")[0]
+    dead = tb / f".{made.train.name}.export.{host}-999999999.abcd1234"  # no such pid
+    alive = tb / f".{made.train.name}.export.{runs.writer_tag()}.abcd1234"  # this process
+    for d in (dead, alive):
+        d.mkdir(parents=True)
+        (d / "events.out.tfevents.1.x").write_bytes(b"")
+    ok("export", made.train, "--tensorboard", tb, "--quiet")
+    assert not dead.exists() and alive.exists()
+    assert sorted(p.name for p in tb.iterdir()) == sorted([made.train.name, alive.name])
+    assert (tb / made.train.name).stat().st_mode & 0o777 == 0o777 & ~runs.umask()
