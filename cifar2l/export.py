@@ -27,8 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from . import config as config_mod
 from . import console, runs
 from .errors import ConfigError, RunError, os_reason, shown
 
@@ -82,37 +81,51 @@ def read_summary(run: Path, what: str = "RUN") -> dict:
 
 
 def read_yaml(path: Path) -> dict:
-    """A YAML mapping, or {} when the file is missing or no mapping (old or partial runs)."""
+    """A YAML mapping (read as configs are: `1e-5` is a float), or {} when the file is missing,
+    unreadable or no mapping (old or partial runs)."""
     try:
-        loaded = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+        loaded = config_mod.parse_yaml(path.read_text(), str(path))
+    except (OSError, UnicodeDecodeError, ConfigError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
 
 
+def dig(tree, *keys):
+    """tree[k1][k2]...; None where a level is missing or no mapping."""
+    for k in keys:
+        tree = tree.get(k) if isinstance(tree, dict) else None
+    return tree
+
+
 def searched_keys(run: Path) -> list[str]:
     """The dotted keys a search varied: its search.json's space, else its config's."""
-    plan = {}
-    with contextlib.suppress(OSError, ValueError):
+    plan = None
+    with contextlib.suppress(OSError, ValueError, RecursionError):
         plan = json.loads((run / "search.json").read_text())
-    space = (plan.get("config") or {}).get("search", {}).get("space") if plan else None
+    space = dig(plan, "config", "search", "space")
     if not isinstance(space, dict):
-        space = (read_yaml(run / "config.yaml").get("search") or {}).get("space") or {}
-    return [str(k) for k in space]
+        space = dig(read_yaml(run / "config.yaml"), "search", "space")
+    return [str(k) for k in space] if isinstance(space, dict) else []
 
 
 def parts_of(run: Path, name: str) -> list[Part]:
-    """The run itself and every run directory inside it (a summary.json), in path order."""
+    """The run itself and every run directory inside it (a summary.json), in path order; in a
+    search those hold its searched keys, its root none."""
     run = Path(run)
     top = read_summary(run)
-    if top.get("command") != "search":
-        inner = [Part(f"{name}/{p.parent.relative_to(run).as_posix()}", p.parent,
-                      read_summary(p.parent)) for p in nested_summaries(run)]  # fmt: skip
-        return [Part(name, run, top), *inner]
-    keys = searched_keys(run)
+    search = top.get("command") == "search"
+    keys = searched_keys(run) if search else None
     inner = [Part(f"{name}/{p.parent.relative_to(run).as_posix()}", p.parent,
-                  read_summary(p.parent), keys) for p in nested_summaries(run)]  # fmt: skip
-    return [Part(name, run, top, hparams=False), *inner]  # its root holds no trial's values
+                  read_json(p), keys) for p in nested_summaries(run)]  # fmt: skip
+    return [Part(name, run, top, hparams=not search), *inner]
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object, or {} (a nested run's summary.json that cannot be read: still its CSVs)."""
+    with contextlib.suppress(OSError, ValueError, RecursionError):
+        loaded = json.loads(path.read_text())
+        return loaded if isinstance(loaded, dict) else {}
+    return {}
 
 
 def nested_summaries(run: Path) -> list[Path]:
