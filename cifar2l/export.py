@@ -38,7 +38,8 @@ COMMAND_SECTIONS = ("gradcheck", "lrrange", "search")
 NOT_HPARAMS = ("expected",)
 # A summary.json leaf is a final metric when one of its dotted parts is one of these.
 METRIC_PARTS = {"accuracy", "accuracy_std", "tta_accuracy", "loss", "cost", "best_val_accuracy",
-                "peak_val_accuracy", "suggestion", "suggestion_factor"}  # fmt: skip
+                "peak_val_accuracy", "suggestion", "suggestion_factor",  # train, lrrange
+                "max_rel_error", "floored_rel_error"}  # gradcheck  # fmt: skip
 
 
 @dataclass

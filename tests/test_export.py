@@ -381,3 +381,22 @@ def test_leftover_of_a_killed_export_is_removed(made, tmp_path):
     assert not dead.exists() and alive.exists()
     assert sorted(p.name for p in tb.iterdir()) == sorted([made.train.name, alive.name])
     assert (tb / made.train.name).stat().st_mode & 0o777 == 0o777 & ~runs.umask()
+
+
+def test_final_metrics_keep_accuracies_not_settings_or_timing():
+    summary = {"accuracy": {"val": 0.5}, "average": {"decay": 0.99, "accuracy": {"val": 0.6}},
+               "max_rel_error": {"W1": 1e-9}, "passed": True, "tolerance": 1e-6, "seconds": 3,
+               "timing": {"total": 3.0}, "accuracy_runs": {"val": [0.4, 0.6]}}  # fmt: skip
+    assert export.final_metrics(summary) == {"final/accuracy.val": 0.5,
+                                             "final/average.accuracy.val": 0.6,
+                                             "final/max_rel_error.W1": 1e-9}  # fmt: skip
+
+
+def test_hparams_keep_the_commands_own_section_and_scalars_only():
+    cfg = {"seed": 1, "data": {"root": None, "zca_eps": 0.1}, "lrrange": {"lr_max": 1.0},
+           "gradcheck": {"h": 1e-5, "lambdas": [0.0]}, "expected": {"item": "x"},
+           "search": {"trials": 3}}  # fmt: skip
+    assert export.hparam_values(cfg, None, "lrrange") == {"seed": 1, "data.zca_eps": 0.1,
+                                                          "lrrange.lr_max": 1.0}  # fmt: skip
+    assert export.hparam_values(cfg, ["data.zca_eps", "data.root"], "train") == \
+        {"data.zca_eps": 0.1}  # fmt: skip
