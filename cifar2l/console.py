@@ -88,3 +88,9 @@ def error(message: str) -> None:
     from .errors import one_line
 
     print(f"Error: {one_line(message)}", file=sys.stderr)
+
+
+def show(renderable) -> None:
+    """Print a rich renderable (a Table built by the caller) on stdout, unless quiet."""
+    if not _quiet:
+        stdout.print(renderable)
