@@ -30,6 +30,8 @@ VALUE_OPTIONS = {"--set", "-s", "--out", "--name", "--seed", "--threads", "--rep
 STAMP = re.compile(r"^(\d{8}-\d{6})-")
 # Keys left out of the overrides: the study's numbers (`expected:`) are no setting of a run.
 IGNORED = ("expected",)
+# Columns narrower than this fold their text on a narrow terminal, rather than vanish.
+MIN_WIDTHS = {"name": 24, "status": 11, "when": 10, "wall": 6, "overrides": 16}
 
 
 # ---------------------------------------------------------------- finding runs
@@ -50,13 +52,20 @@ def find_runs(root: Path) -> list[Path]:
     own, e.g. runs/proxy-r4/<run>). Hidden entries are skipped."""
     root = Path(root)
     if not root.is_dir():
-        raise ConfigError(f"{shown(root)}: no such runs directory")
+        what = "not a directory" if root.exists() else "no such runs directory"
+        raise ConfigError(f"{shown(root)}: {what}")
     found = []
     for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        inner = [] if (child / "summary.json").exists() else sorted(
-            p for p in child.iterdir() if (p / "summary.json").is_file())
-        found += inner or [child]
+        found += ([] if (child / "summary.json").exists() else runs_inside(child)) or [child]
     return found
+
+
+def runs_inside(folder: Path) -> list[Path]:
+    """The run directories directly in `folder`; [] when it cannot be read."""
+    try:
+        return sorted(p for p in folder.iterdir() if (p / "summary.json").is_file())
+    except OSError:
+        return []
 
 
 # ---------------------------------------------------------------- one row
@@ -104,14 +113,16 @@ def wall_seconds(summary: dict) -> float | None:
 
 
 def command_words(path: Path, summary: dict) -> list[str]:
-    """The words of the command that started the run: command.txt's first line (a resume
-    appends its own), else the summary's argv; [] when neither is readable."""
+    """The words of the command that started the run (after `cifar2l`): command.txt's first
+    line (a resume appends its own), else the summary's argv; [] when neither is readable or
+    names the summary's command."""
     try:
-        first = (path / "command.txt").read_text().splitlines()[0]
-        return shlex.split(first)[1:]
+        first = shlex.split((path / "command.txt").read_text().splitlines()[0])[1:]
     except (OSError, IndexError, ValueError, UnicodeDecodeError):
-        argv = summary.get("argv")
-        return [str(a) for a in argv[1:]] if isinstance(argv, list) else []
+        first = []
+    argv = summary.get("argv")
+    second = [str(a) for a in argv[1:]] if isinstance(argv, list) else []
+    return next((w for w in (first, second) if w and w[0] == summary.get("command")), [])
 
 
 def positionals(words: list[str]) -> list[str]:
@@ -177,10 +188,24 @@ def override_fields(path: Path, summary: dict) -> dict:
         missing = not source.exists()
         why = f"source {source} is gone" if missing else f"unreadable: {e}"
         return {"source": str(source), "overrides": {}, "overrides_error": why}
-    keys = [k for k in dict.fromkeys([*ours, *theirs]) if ours.get(k) != theirs.get(k)
-            and k.split(".")[0] not in IGNORED]
-    return {"source": str(source), "overrides": {k: ours.get(k) for k in keys},
-            "overrides_error": None}  # fmt: skip
+    return {"source": str(source), "overrides": differing(ours, theirs), "overrides_error": None}
+
+
+def differing(ours: dict, theirs: dict) -> dict:
+    """{key: our value} for the dotted keys where `ours` differs from `theirs`. A section that
+    is null in ours but set in theirs (train.average) is one key, `train.average: None`."""
+    out = {}
+    for key in dict.fromkeys([*ours, *theirs]):
+        if key.split(".")[0] in IGNORED or (key in ours and ours[key] == theirs.get(key, ours)):
+            continue
+        if key not in ours:  # ours holds a null where theirs has a section
+            parts = key.split(".")
+            key = next((p for p in (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1))
+                        if p in ours), None)  # fmt: skip
+            if key is None:
+                continue
+        out[key] = ours[key]
+    return out
 
 
 # ---------------------------------------------------------------- accuracies
@@ -270,9 +295,17 @@ def sort_rows(rows: list[dict], sort: str) -> list[dict]:
 
 def cells(row: dict) -> list[str]:
     """The row as the table shows it."""
-    return [row["name"], row["command"] or "-", row["status_detail"] or row["status"],
+    return [row["name"], row["command"] or "-", status_cell(row),
             when_cell(row["when"]), duration(row["wall"]), overrides_cell(row),
             *(pm(row[k], row.get(f"{k}_std")) for k in ("val", "test", "ensemble", "tta"))]
+
+
+def status_cell(row: dict) -> str:
+    """The status word, `(killed?)` for a `running` run that no process works in, and
+    `(resumable)` for an unfinished run that --resume continues."""
+    detail = row.get("status_detail") or ""
+    return row["status"] + (" (killed?)" if "killed?" in detail else "") + \
+        (" (resumable)" if "--resume" in detail else "")  # fmt: skip
 
 
 def when_cell(when: str | None) -> str:
@@ -304,11 +337,13 @@ def table(rows: list[dict], title: str):
     """The rows as a rich Table: names whole, overrides folded."""
     from rich.table import Table
 
-    t = Table(title=title, title_justify="left")
+    resumable = "--resume" in "".join(r.get("status_detail") or "" for r in rows)
+    caption = "resumable: `cifar2l train|search --resume RUN_DIR` continues it" \
+        if resumable else None  # fmt: skip
+    t = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for c in COLUMNS:
         t.add_column(c, justify="right" if c in SORTS[2:] + ["ensemble"] else "left",
-                     no_wrap=c not in ("status", "overrides"), overflow="fold",
-                     min_width=30 if c == "overrides" else None)  # fmt: skip
+                     overflow="fold", min_width=MIN_WIDTHS.get(c, 8))  # fmt: skip
     for r in rows:
         t.add_row(*cells(r))
     return t

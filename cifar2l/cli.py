@@ -396,10 +396,10 @@ def runs_(
         if as_json:
             sys.stdout.write(json.dumps(rows, default=str) + "\n")
         else:
-            console.show(catalog.table(rows, f"{len(rows)} runs in {root}"))
+            console.show(catalog.table(rows, f"{len(rows)} runs in {root}"), whole=True)
         return {}
 
-    _execute(work, False, as_json)
+    _execute(work, as_json, False)  # --json: the rows, printed above, are all of stdout
 
 
 @app.command()

@@ -272,8 +272,9 @@ def run_compare(paths: list[Path], metrics: list[str] | None, out: Path,
     found = [load(p, label) for p, label in zip(paths, labels_of(paths), strict=True)]
     tables = {"differences": differences(found), "final": final_rows(found)}
     labels = [c.label for c in found]
-    console.show(rich_table("final metrics", ["", *labels], tables["final"]))
-    console.show(rich_table("config differences", ["key", *labels], tables["differences"]))
+    console.show(rich_table("final metrics", ["", *labels], tables["final"]), whole=True)
+    console.show(rich_table("config differences", ["key", *labels], tables["differences"]),
+                 whole=True)  # fmt: skip
     path = runs.create_run_dir(Path(out), "compare", name or f"{len(found)}-runs")
     try:
         summary = write_outputs(path, found, tables, metrics)
