@@ -19,6 +19,7 @@ from .errors import ConfigError, shown
 
 COLUMNS = ["name", "command", "status", "when", "wall", "overrides", "val", "test", "ensemble",
            "tta"]  # fmt: skip
+ACCURACIES = ["val", "test", "ensemble", "tta"]
 SORTS = ["name", "when", "wall", "val", "test", "tta"]
 COMMANDS = ["train", "search", "lrrange", "gradcheck", "evaluate", "compare"]
 STATUSES = ["completed", "running", "interrupted", "failed", "diverged", "unreadable"]
@@ -80,7 +81,8 @@ def run_row(path: Path, root: Path) -> dict:
     if summary is None:
         return {**{c: None for c in COLUMNS}, "name": name, "path": str(path),
                 "status": "unreadable", "status_detail": "no readable summary.json",
-                "overrides": {}}  # fmt: skip
+                "source": None, "overrides": {}, "overrides_error": None,
+                **{f"{k}_std": None for k in ACCURACIES}}  # fmt: skip
     detail = status_of(path, summary)
     row = {"name": name, "path": str(path), "command": summary.get("command"),
            "status": detail.split(":")[0].split(",")[0], "status_detail": detail,
@@ -226,8 +228,7 @@ def accuracies(path: Path, summary: dict) -> dict:
     search's from its best trial, an evaluate run's in the column of its split."""
     found = headline(path, summary)
     if found is None:
-        return {k: None for k in ("val", "val_std", "test", "test_std", "ensemble",
-                                  "ensemble_std", "tta", "tta_std")}  # fmt: skip
+        return {k: None for a in ACCURACIES for k in (a, f"{a}_std")}
     summary = found[1]
     out = {}
     for key, block, split in (("val", summary, "val"), ("test", summary, "test"),
@@ -297,7 +298,7 @@ def cells(row: dict) -> list[str]:
     """The row as the table shows it."""
     return [row["name"], row["command"] or "-", status_cell(row),
             when_cell(row["when"]), duration(row["wall"]), overrides_cell(row),
-            *(pm(row[k], row.get(f"{k}_std")) for k in ("val", "test", "ensemble", "tta"))]
+            *(pm(row[k], row.get(f"{k}_std")) for k in ACCURACIES)]
 
 
 def status_cell(row: dict) -> str:

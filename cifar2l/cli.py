@@ -377,9 +377,7 @@ def runs_(
 ):
     """List the run directories under ROOT: status, start, wall time, overrides, accuracies.
 
-    Overrides are the keys where a run's config.yaml differs from the config file it was
-    started from (its --set and --seed); a --repeat run shows mean +- std, a search its best
-    trial.
+    Overrides are the keys where a run's config.yaml differs from the config file it was started from (its --set and --seed); a --repeat run shows mean +- std, a search its best trial.
 
     Example:
 
@@ -388,7 +386,7 @@ def runs_(
         cifar2l runs runs --command train --sort test
 
         cifar2l runs --status interrupted --json
-    """
+    """  # noqa: E501
     from . import catalog
 
     def work():
@@ -418,15 +416,14 @@ def compare(
 ):
     """Show runs side by side: config differences, final metrics, overlaid curves.
 
-    Writes curves.png (one colour per run; a --repeat run as its mean with a +-1 std band, a
-    search as its best trial) and a self-contained compare.html into a fresh run directory.
+    Writes curves.png (one colour per run; a --repeat run as its mean with a +-1 std band, a search as its best trial) and a self-contained compare.html into a fresh run directory.
 
     Example:
 
         cifar2l compare runs/*-train-default runs/*-train-cycles3
 
-        cifar2l compare runs/*-train-best runs/search-zca2 --metric val_accuracy --name zca
-    """
+        cifar2l compare runs/*-train-best runs/search-zca2 --metric val_loss
+    """  # noqa: E501
     from .compare import run_compare
 
     _execute(lambda: run_compare(run_dirs, metric, out, name), quiet, as_json)

@@ -147,6 +147,7 @@ def test_failed_interrupted_and_unreadable_rows(made):
     resume = f"cifar2l train --resume {made.root / stopped['name']}"
     assert stopped["status_detail"].endswith(resume)
     assert rows["garbage"]["status"] == rows["empty"]["status"] == "unreadable"
+    assert rows["garbage"].keys() == rows[made.one.name].keys()  # the same keys for scripts
     assert rows["20260101-000000-train-failed"]["when"] == "2026-01-01T00:00:00"
 
 
@@ -265,3 +266,15 @@ def test_compare_lists_in_the_runs_table(made, tmp_path):
     ok("compare", made.one, made.lam, "--out", tmp_path / "cmp", "--quiet")
     row = next(iter(rows_of(tmp_path / "cmp").values()))
     assert row["command"] == "compare" and row["status"] == "completed"
+
+
+@pytest.mark.parametrize("command", ["runs", "compare"])
+def test_help_has_example(command):
+    result = ok(command, "--help")
+    assert "Example:" in result.stdout and f"cifar2l {command} " in result.stdout
+
+
+def test_compare_without_runs_is_a_usage_error(tmp_path):
+    result = invoke("compare", "--out", tmp_path / "cmp")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert not (tmp_path / "cmp").exists()
