@@ -55,6 +55,8 @@ def find_runs(root: Path) -> list[Path]:
     if not root.is_dir():
         what = "not a directory" if root.exists() else "no such runs directory"
         raise ConfigError(f"{shown(root)}: {what}")
+    if (root / "summary.json").is_file():
+        return [root]  # ROOT is one run: its row alone, not its repeats or trials
     found = []
     for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found += ([] if (child / "summary.json").exists() else runs_inside(child)) or [child]
@@ -76,7 +78,7 @@ def run_row(path: Path, root: Path) -> dict:
     """The row of the run `path` (see COLUMNS), its name relative to `root`."""
     from .runs import status_of
 
-    name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    name = path.relative_to(root).as_posix() if path != root else path.name
     summary = read_summary(path)
     if summary is None:
         return {**{c: None for c in COLUMNS}, "name": name, "path": str(path),

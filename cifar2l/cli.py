@@ -394,7 +394,8 @@ def runs_(
         if as_json:
             sys.stdout.write(json.dumps(rows, default=str) + "\n")
         else:
-            console.show(catalog.table(rows, f"{len(rows)} runs in {root}"), whole=True)
+            title = f"{len(rows)} run{'s' * (len(rows) != 1)} in {root}"
+            console.show(catalog.table(rows, title), whole=True)
         return {}
 
     _execute(work, as_json, False)  # --json: the rows, printed above, are all of stdout

@@ -182,6 +182,11 @@ def test_a_folder_of_runs_inside_the_root_is_listed(made, tmp_path):
     assert list(rows_of(root)) == [f"group/{made.one.name}"]
 
 
+def test_a_run_given_as_root_is_its_own_row(made):
+    assert list(rows_of(made.rep)) == [made.rep.name]  # not its repeats
+    assert "1 run in" in ok("runs", made.rep).stdout
+
+
 @pytest.mark.parametrize(("args", "fragments"), [
     (["--sort", "bogus"], ["--sort bogus", "name, when, wall, val, test"]),
     (["--status", "done"], ["--status done", "completed", "interrupted"]),
