@@ -86,7 +86,8 @@ def run_row(path: Path, root: Path) -> dict:
                 "source": None, "overrides": {}, "overrides_error": None,
                 **{f"{k}_std": None for k in ACCURACIES}}  # fmt: skip
     detail = status_of(path, summary)
-    row = {"name": name, "path": str(path), "command": summary.get("command"),
+    command = summary.get("command")
+    row = {"name": name, "path": str(path), "command": None if command is None else str(command),
            "status": detail.split(":")[0].split(",")[0], "status_detail": detail,
            "when": started(path), "wall": wall_seconds(summary)}  # fmt: skip
     row.update(override_fields(path, summary))

@@ -292,6 +292,8 @@ def write_outputs(path: Path, found: list[Compared], tables: dict, metrics: list
     drawn = [c for c in found if c.curves is not None]
     notes = [f"{c.label}: no metrics.csv to draw curves from ({c.summary.get('command')} run)"
              for c in found if c.curves is None]  # fmt: skip
+    notes += [f"{c.label}: no readable config.yaml (its keys show as -)" for c in found
+              if not c.config]  # fmt: skip
     png = path / "curves.png" if drawn else None
     if png is not None:
         figure(found, metrics, png)
