@@ -382,6 +382,80 @@ def export(
     _execute(lambda: run_export(run_dirs, tensorboard), quiet, as_json)
 
 
+RootArg = Annotated[Path, typer.Argument(help="Runs root to list.")]
+
+
+@app.command("runs")
+def runs_(
+    root: RootArg = Path("runs"),
+    command: Annotated[str | None, typer.Option("--command", help=(
+        "Only runs of this command: train, search, lrrange, gradcheck, evaluate, compare."))
+    ] = None,
+    status: Annotated[str | None, typer.Option("--status", help=(
+        "Only runs with this status: completed, running, interrupted, failed, diverged, "
+        "unreadable."))] = None,
+    name: Annotated[str | None, typer.Option("--name", metavar="GLOB", help=(
+        "Only runs whose directory name matches GLOB, e.g. '*-train-best*'."))] = None,
+    sort: Annotated[str, typer.Option("--sort", help=(
+        "name, when, wall, val, test or tta (the last four highest first)."))] = "name",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as a JSON list.")
+                       ] = False,  # fmt: skip
+):
+    """List the run directories under ROOT: status, start, wall time, overrides, accuracies.
+
+    Overrides are the keys where a run's config.yaml differs from the config file it was started from (its --set and --seed); a --repeat run shows mean +- std, a search its best trial.
+
+    Example:
+
+        cifar2l runs
+
+        cifar2l runs runs --command train --sort test
+
+        cifar2l runs --status interrupted --json
+    """  # noqa: E501
+    from . import catalog
+
+    def work():
+        rows = catalog.list_runs(root, command, status, name, sort)
+        if as_json:
+            sys.stdout.write(json.dumps(rows, default=str) + "\n")
+        else:
+            title = f"{len(rows)} run{'s' * (len(rows) != 1)} in {root}"
+            console.show(catalog.table(rows, title), whole=True)
+        return {}
+
+    _execute(work, as_json, False)  # --json: the rows, printed above, are all of stdout
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="Two or more run directories (train, --repeat, search, ... any command).",
+        show_default=False)],
+    metric: Annotated[list[str] | None, typer.Option("--metric", metavar="M", help=(
+        "Metrics CSV column to plot (repeatable): val_accuracy, train_accuracy, val_cost, "
+        "train_cost, val_loss, train_loss, lr. Default: the accuracies and costs."))] = None,
+    out: OutOpt = Path("runs"),
+    name: Annotated[str | None, typer.Option("--name", help=(
+        "Name of the compare directory (default: <N>-runs)."))] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+):
+    """Show runs side by side: config differences, final metrics, overlaid curves.
+
+    Writes curves.png (one colour per run; a --repeat run as its mean with a +-1 std band, a search as its best trial) and a self-contained compare.html into a fresh run directory.
+
+    Example:
+
+        cifar2l compare runs/*-train-default runs/*-train-cycles3
+
+        cifar2l compare runs/*-train-best runs/search-zca2 --metric val_loss
+    """  # noqa: E501
+    from .compare import run_compare
+
+    _execute(lambda: run_compare(run_dirs, metric, out, name), quiet, as_json)
+
+
 def main() -> None:
     app()
 

@@ -88,3 +88,18 @@ def error(message: str) -> None:
     from .errors import one_line
 
     print(f"Error: {one_line(message)}", file=sys.stderr)
+
+
+def show(renderable, whole: bool = False) -> None:
+    """Print a rich renderable (a Table built by the caller) on stdout, unless quiet. `whole`:
+    off a terminal, at its natural width however wide (a log or a pipe is not cut)."""
+    if _quiet:
+        return
+    before = stdout.width
+    if whole and not stdout.is_terminal:
+        wide = stdout.options.update(width=100_000)
+        stdout.width = max(before, stdout.measure(renderable, options=wide).maximum)
+    try:
+        stdout.print(renderable)
+    finally:
+        stdout.width = before
