@@ -32,7 +32,8 @@ RUNS_AND_COMPARE_MERGED = False
 # batch of 10), 2 * 50 updates.
 TRAIN = ["train", "default", "--set", "schedule.n_s=50", "--set", "train.batch_size=10"]
 
-pytestmark = pytest.mark.slow  # about 40-70 s on 2 busy cores: a cold numba compile included
+pytestmark = pytest.mark.slow  # 74 s measured on 2 shared, busy cores (two trains, the first
+# with a cold numba compile in the fresh install); `-m "not slow"` skips it
 
 
 def site_dirs() -> list[str]:
