@@ -28,7 +28,9 @@ app = typer.Typer(
     help="Reproducible experiments with a from-scratch NumPy two-layer network on CIFAR-10.",
 )
 
-ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML file.", show_default=False)]
+ConfigArg = Annotated[Path, typer.Argument(help=(
+    "Experiment YAML file, or a shipped config's name (`cifar2l config --list`)."),
+    show_default=False)]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", metavar="KEY=VALUE",
@@ -132,17 +134,20 @@ def _with_threads(work, n_threads: int | None):
 
 
 def _load(config: Path, overrides: list[str] | None, seed: int | None):
+    """CONFIG (a file, or a shipped config's bare name: shipped.resolve) with the overrides."""
     from .config import dump_yaml, load_config
+    from .shipped import resolve
 
     sets = list(overrides or []) + ([f"seed={seed}"] if seed is not None else [])
-    cfg = load_config(config, sets)
+    cfg = load_config(resolve(config), sets)
     return cfg, dump_yaml(cfg)
 
 
 @app.command()
 def train(
-    config: Annotated[Path | None, typer.Argument(help="Experiment YAML file.",
-                                                  show_default=False)] = None,  # fmt: skip
+    config: Annotated[Path | None, typer.Argument(help=(
+        "Experiment YAML file, or a shipped config's name (`cifar2l config --list`)."),
+        show_default=False)] = None,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help=(
         "Train K initialisation seeds fused in one pass; report mean and std."))] = 1,
     resume: Annotated[Path | None, typer.Option("--resume", metavar="RUN_DIR", help=(
@@ -454,6 +459,72 @@ def compare(
     from .compare import run_compare
 
     _execute(lambda: run_compare(run_dirs, metric, out, name), quiet, as_json)
+
+
+@app.command("config")
+def config_(
+    config: Annotated[str | None, typer.Argument(metavar="CONFIG", help=(
+        "Experiment YAML file, or a shipped config's name (`cifar2l config --list`)."),
+        show_default=False)] = None,
+    defaults: Annotated[bool, typer.Option("--defaults", help=(
+        "Print every knob with its default and its meaning (as configs/base.yaml)."))] = False,
+    list_: Annotated[bool, typer.Option("--list", help=(
+        "Name the shipped configs (a bare name works in every command)."))] = False,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+):
+    """Print CONFIG resolved (extends:, --set, --seed applied) and validate it; train nothing.
+
+    Exit 2 with one line naming the file and key when it is invalid.
+
+    Example:
+
+        cifar2l config configs/default.yaml --set optim.lambda=0.005
+
+        cifar2l config best --json
+
+        cifar2l config --defaults
+
+        cifar2l config --list
+    """
+    _execute(lambda: _config(config, defaults, list_, set_, seed, as_json), False, as_json)
+
+
+def _config(config, defaults, list_, set_, seed, as_json):
+    """The `config` command's work: one of CONFIG, --defaults, --list; returns its JSON."""
+    from .errors import ConfigError
+
+    if (config is not None) + defaults + list_ != 1:
+        raise ConfigError("config: give one of CONFIG, --defaults or --list")
+    if config is None and (set_ or seed is not None):
+        raise ConfigError("config: --set and --seed apply to a CONFIG")
+    if list_:
+        return _config_list()
+    if defaults:
+        from dataclasses import asdict
+
+        from .knobs import defaults_yaml, knobs
+
+        _print(defaults_yaml(), as_json)
+        return {"knobs": [asdict(k) for k in knobs()]}
+    cfg, text = _load(Path(config), set_, seed)
+    _print(text, as_json)
+    return cfg.to_dict()
+
+
+def _print(text: str, as_json: bool) -> None:
+    if not as_json:  # plain text: YAML's [a, b] is no rich markup
+        sys.stdout.write(text)
+
+
+def _config_list() -> dict:
+    from .shipped import configs_dir, listing
+
+    rows = listing()
+    console.table(f"Shipped configs ({configs_dir()}): cifar2l train NAME",
+                  ["name", "about"], [[r["name"], r["about"]] for r in rows])  # fmt: skip
+    return {"configs": rows}
 
 
 def main() -> None:

@@ -40,13 +40,20 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    root: str | None = None
-    train: list[str] | Literal["all"] = ["data_batch_1"]
-    val: list[str] | None = ["data_batch_2"]
-    test: Literal["test_batch"] | None = "test_batch"
-    val_size: int | None = Field(None, ge=1)
-    standardize: Literal["per_feature", "per_channel"] = "per_feature"
-    zca_eps: float | None = Field(None, gt=0)  # ZCA-whiten the standardised inputs (whiten.py)
+    root: str | None = Field(None, description=(
+        "dataset dir or archive; the CIFAR2L_DATA env var takes precedence"))
+    train: list[str] | Literal["all"] = Field(["data_batch_1"], description=(
+        "training batches (data_batch_1..5), or `all`"))
+    val: list[str] | None = Field(["data_batch_2"], description=(
+        "validation batches, or null to hold out val_size images"))
+    test: Literal["test_batch"] | None = Field("test_batch", description=(
+        "test_batch, or null for no test split"))
+    val_size: int | None = Field(None, ge=1, description=(
+        "images held out of train for validation (with val: null)"))
+    standardize: Literal["per_feature", "per_channel"] = Field("per_feature", description=(
+        "per_feature (mean/std per input) | per_channel (per colour plane)"))
+    zca_eps: float | None = Field(None, gt=0, description=(
+        "ZCA-whiten the standardised inputs with this epsilon; null: off"))
 
     @field_validator("train", "val")
     @classmethod
@@ -79,16 +86,21 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    hidden: int = Field(50, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    hidden: int = Field(50, ge=1, description="hidden ReLU units (m); input d = 3072, 10 classes")
+    dropout: float = Field(0.0, ge=0, lt=1, description=(
+        "drop probability of a hidden unit in training (0: off)"))
 
 
 class OptimConfig(_Section):
-    lambda_: float = Field(0.01, alias="lambda", ge=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0)
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    lambda_: float = Field(0.01, alias="lambda", ge=0, description=(
+        "L2: cost = loss + lambda * (||W1||^2 + ||W2||^2), biases free"))
+    momentum: float = Field(0.0, ge=0, lt=1, description=(
+        "gamma: delta_w = eta * grad + gamma * delta_w_prev (0: off)"))
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0)")
+    weight_decay: float = Field(0.0, ge=0, description=(
+        "decoupled: W -= eta_t * weight_decay * W per update (0: off)"))
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description=(
+        "training target 1 - e on the label, e / 10 on every class (0: off)"))
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self):
@@ -98,28 +110,41 @@ class OptimConfig(_Section):
 
 
 class NoiseConfig(_Section):
-    fraction: float = Field(0.0, ge=0, le=1)
-    std: float = Field(0.01, ge=0)
+    fraction: float = Field(0.0, ge=0, le=1, description=(
+        "share of each batch's rows that get Gaussian noise (0: off)"))
+    std: float = Field(0.01, ge=0, description=(
+        "std of that noise, in standardised input units"))
 
 
 class AugmentConfig(_Section):
-    flip: bool = False
-    translate: int = Field(0, ge=0, le=16)
-    pad: Literal["reflect", "zero"] = "reflect"
-    brightness: float = Field(0.0, ge=0)
-    contrast: float = Field(0.0, ge=0, lt=1)
-    noise: NoiseConfig = NoiseConfig()
+    flip: bool = Field(False, description="mirror each training image left-right, p = 1/2")
+    translate: int = Field(0, ge=0, le=16, description=(
+        "random shift of up to this many pixels each way (0: off)"))
+    pad: Literal["reflect", "zero"] = Field("reflect", description=(
+        "reflect | zero: what fills the border a shift uncovers"))
+    brightness: float = Field(0.0, ge=0, description=(
+        "offset uniform in [-b, b] per image, standardised units (0: off)"))
+    contrast: float = Field(0.0, ge=0, lt=1, description=(
+        "deviation from the image mean scaled by U[1 - c, 1 + c] (0: off)"))
+    noise: NoiseConfig = Field(NoiseConfig(), description="Gaussian input noise")
 
 
 class ScheduleConfig(_Section):
-    kind: Literal["cyclical", "constant", "one_cycle"] = "cyclical"
-    eta_min: float = Field(1e-5, gt=0)
-    eta_max: float = Field(1e-1, gt=0)
-    n_s: int = Field(500, ge=1)
-    cycles: int = Field(1, ge=1)
-    eta: float = Field(1e-2, gt=0)
-    steps: int = Field(1000, ge=1)
-    warmup: float = Field(0.3, ge=0, le=1)
+    kind: Literal["cyclical", "constant", "one_cycle"] = Field("cyclical", description=(
+        "cyclical (triangular, Smith 2015) | constant | one_cycle"))
+    eta_min: float = Field(1e-5, gt=0, description=(
+        "learning rate at the bottom of a cycle (cyclical, one_cycle)"))
+    eta_max: float = Field(1e-1, gt=0, description=(
+        "learning rate at the top of a cycle (cyclical, one_cycle)"))
+    n_s: int = Field(500, ge=1, description=(
+        "cyclical: updates per half cycle (a cycle = 2 * n_s updates)"))
+    cycles: int = Field(1, ge=1, description=(
+        "cyclical: 2 * n_s * cycles updates; one_cycle: cycles in steps"))
+    eta: float = Field(1e-2, gt=0, description="constant: the learning rate")
+    steps: int = Field(1000, ge=1, description=(
+        "constant, one_cycle: updates in all"))
+    warmup: float = Field(0.3, ge=0, le=1, description=(
+        "one_cycle: fraction of each cycle warming up linearly to eta_max"))
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -134,19 +159,26 @@ class AverageConfig(_Section):
     """Weight averaging (average.py): a running average of the weights over the end of training,
     kept beside the raw weights (weights-avg.npz) and scored separately."""
 
-    kind: Literal["ema", "swa"] = "ema"  # exponential moving average, or SWA's uniform mean
-    start: float = Field(0.75, ge=0, lt=1)  # fraction of the updates done before it starts
-    every: int = Field(10, ge=1)  # updates between two samples of the weights
-    decay: float = Field(0.99, gt=0, lt=1)  # ema: the old average's weight at each sample
+    kind: Literal["ema", "swa"] = Field("ema", description=(
+        "ema (moving average) | swa (uniform mean of the samples)"))
+    start: float = Field(0.75, ge=0, lt=1, description=(
+        "fraction of the updates done before averaging starts"))
+    every: int = Field(10, ge=1, description="updates between two samples of the weights")
+    decay: float = Field(0.99, gt=0, lt=1, description=(
+        "ema: the old average's weight at each sample"))
 
 
 class TrainConfig(_Section):
-    batch_size: int = Field(100, ge=1)
-    shuffle: bool = True
-    log_every: int | None = Field(None, ge=1)
-    checkpoint_every: int | None = Field(None, ge=1)
-    snapshots: list[int] | Literal["cycles"] | None = None
-    average: AverageConfig | None = None
+    batch_size: int = Field(100, ge=1, description="images per update")
+    shuffle: bool = Field(True, description="reshuffle the training rows at every epoch")
+    log_every: int | None = Field(None, ge=1, description=(
+        "updates between metric rows; null: 10 rows per cycle"))
+    checkpoint_every: int | None = Field(None, ge=1, description=(
+        "updates between checkpoints; null: at cycle ends and on a signal"))
+    snapshots: list[int] | Literal["cycles"] | None = Field(None, description=(
+        "snapshot ensemble: weights kept at these steps, or `cycles`; null: off"))
+    average: AverageConfig | None = Field(None, description=(
+        "weight averaging (weights-avg.npz), scored apart; null: off"))
 
     @field_validator("snapshots")
     @classmethod
@@ -168,26 +200,33 @@ class GradcheckConfig(_Section):
     machine, 100x under the 1e-6 tolerance; entries at ReLU kinks are skipped.
     """
 
-    dims: int = Field(20, ge=1)
-    samples: int = Field(2, ge=1)
-    hidden: int = Field(50, ge=1)
-    lambdas: list[NonNegativeFloat] = Field([0.0, 0.01], min_length=1)  # as optim.lambda
-    h: float = Field(1e-5, gt=0)
-    tolerance: float = Field(1e-6, gt=0)  # max floored relative error (reduced, dropout)
-    resolution: float = Field(1e-8, gt=0, lt=1)  # relative accuracy a resolved gradient needs
-    full_size_samples: int = Field(10, ge=1)
-    full_size_coords: int = Field(40, ge=1)
-    full_size_tolerance: float = Field(1e-6, gt=0)  # max floored relative error (full size)
-    dropout: float = Field(0.5, ge=0, lt=1)
+    dims: int = Field(20, ge=1, description="reduced problem: the first input features used")
+    samples: int = Field(2, ge=1, description="reduced problem: the first training images used")
+    hidden: int = Field(50, ge=1, description="hidden units of the reduced network")
+    lambdas: list[NonNegativeFloat] = Field([0.0, 0.01], min_length=1, description=(
+        "the check runs once per L2 weight (as optim.lambda)"))
+    h: float = Field(1e-5, gt=0, description=(
+        "centred-difference step (parameter units); probes use h and 2h"))
+    tolerance: float = Field(1e-6, gt=0, description=(
+        "max floored relative error (dimensionless), reduced problem"))
+    resolution: float = Field(1e-8, gt=0, lt=1, description=(
+        "relative accuracy (dimensionless) a resolved gradient needs"))
+    full_size_samples: int = Field(10, ge=1, description="full-size network: images used")
+    full_size_coords: int = Field(40, ge=1, description=(
+        "full-size network: random entries checked per parameter"))
+    full_size_tolerance: float = Field(1e-6, gt=0, description=(
+        "max floored relative error (dimensionless), full-size network"))
+    dropout: float = Field(0.5, ge=0, lt=1, description=(
+        "drop probability of the dropout check (one fixed mask)"))
 
 
 class Distribution(_Section):
     """One of: log_uniform [lo, hi], uniform [lo, hi], int_uniform [lo, hi], choice [a, b, ...]."""
 
-    log_uniform: list[float] | None = None
-    uniform: list[float] | None = None
-    int_uniform: list[int] | None = None
-    choice: list[Any] | None = None
+    log_uniform: list[float] | None = Field(None, description="[lo, hi]: uniform in log space")
+    uniform: list[float] | None = Field(None, description="[lo, hi]: uniform")
+    int_uniform: list[int] | None = Field(None, description="[lo, hi]: integers, inclusive")
+    choice: list[Any] | None = Field(None, description="[a, b, ...]: one of the values")
 
     @model_validator(mode="after")
     def _exactly_one(self):
@@ -225,16 +264,24 @@ DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "choice")
 
 
 class SearchConfig(_Section):
-    trials: int = Field(16, ge=1)
-    seed: int = Field(0, ge=0)  # numpy seeds are non-negative
+    trials: int = Field(16, ge=1, description="trials to sample")
+    seed: int = Field(0, ge=0, description=(  # numpy seeds are non-negative
+        "seed of the sampled values and of each trial's init_seed"))
     metric: Literal["val_accuracy", "best_val_accuracy", "ensemble_val_accuracy",
-                    "tta_val_accuracy", "average_val_accuracy"] = "val_accuracy"
-    space: dict[str, Distribution] = {}
-    refine_from: str | None = None
-    refine_top: int = Field(2, ge=1)
-    top_k: int = Field(4, ge=1)
-    fuse: Literal["auto", "off"] = "auto"
-    fuse_max: int = Field(16, ge=1)
+                    "tta_val_accuracy", "average_val_accuracy"] = Field(
+        "val_accuracy", description=(
+            "what ranks trials: val_accuracy (final) | best_val_accuracy | "
+            "ensemble_, tta_, average_val_accuracy"))
+    space: dict[str, Distribution] = Field({}, description=(
+        "dotted key -> log_uniform | uniform | int_uniform | choice [...], "
+        "e.g. {optim.lambda: {log_uniform: [1.0e-5, 0.1]}}"))
+    refine_from: str | None = Field(None, description=(
+        "search dir whose best trials narrow the ranges (--refine)"))
+    refine_top: int = Field(2, ge=1, description="best trials a refined range spans")
+    top_k: int = Field(4, ge=1, description="rows of the printed top table")
+    fuse: Literal["auto", "off"] = Field("auto", description=(
+        "auto: fusable trials train as one wide network | off"))
+    fuse_max: int = Field(16, ge=1, description="most trials in one fused group (memory)")
 
     @field_validator("fuse", mode="before")
     @classmethod
@@ -275,7 +322,8 @@ TTA_VIEWS = ("flip", "shift")
 class EvaluateConfig(_Section):
     """Test-time augmentation (tta.py): the softmax outputs averaged over views of each image."""
 
-    tta: list[Literal["flip", "shift"]] = []  # flip: + the mirror; shift: + 1-pixel shifts
+    tta: list[Literal["flip", "shift"]] = Field([], description=(
+        "test-time augmentation: flip (+ mirror), shift (+ 1-pixel shifts)"))
 
     @field_validator("tta")
     @classmethod
@@ -286,15 +334,20 @@ class EvaluateConfig(_Section):
 
 
 class LRRangeConfig(_Section):
-    lr_min: float = Field(1e-5, gt=0)
-    lr_max: float = Field(1.0, gt=0)
-    epochs: int = Field(8, ge=1)
-    steps: int | None = Field(None, ge=2)
-    mode: Literal["linear", "exponential"] = "exponential"
-    eval_every: int = Field(36, ge=1)
-    stop_factor: float = Field(4.0, gt=1)
-    smooth: int = Field(5, ge=1)
-    train_eval_rows: int = Field(5000, ge=1)
+    lr_min: float = Field(1e-5, gt=0, description="learning rate at the first update")
+    lr_max: float = Field(1.0, gt=0, description="learning rate at the last update")
+    epochs: int = Field(8, ge=1, description="length of the sweep in epochs (unless steps)")
+    steps: int | None = Field(None, ge=2, description=(
+        "length of the sweep in updates; null: epochs"))
+    mode: Literal["linear", "exponential"] = Field("exponential", description=(
+        "exponential (geometric rise) | linear"))
+    eval_every: int = Field(36, ge=1, description="updates between evaluations")
+    stop_factor: float = Field(4.0, gt=1, description=(
+        "stop when the train loss exceeds this multiple of its minimum"))
+    smooth: int = Field(5, ge=1, description=(
+        "odd moving-average window (evaluation points) for the suggestion"))
+    train_eval_rows: int = Field(5000, ge=1, description=(
+        "training rows evaluated at each point (a fixed subset)"))
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -311,21 +364,27 @@ Split = Literal["train", "val", "test"]
 class ExpectedConfig(_Section):
     """The study's numbers for the item a config reproduces (read by `cifar2l report` only)."""
 
-    item: str                                   # e.g. "Table 2: n_s=500, 1 cycle"
-    source: str = ""                            # where the study's numbers come from
-    accuracy: dict[Split, float] = {}           # the study's accuracies
-    minimum: dict[Split, float] = {}            # targets ours must reach (no study number)
-    ensemble_minimum: dict[Split, float] = {}   # the same for the snapshot ensemble
-    tta_minimum: dict[Split, float] = {}        # the same with test-time augmentation
-    top: list[list[float]] = []                 # search: [lambda, val accuracy], best first
-    eta_min: float | None = Field(None, gt=0)   # LR range test picks
-    eta_max: float | None = Field(None, gt=0)
-    max_rel_error: float | None = Field(None, gt=0)  # gradient check: the study's bound, met
-                                                # by the check's floored relative error
-    tolerance: float = Field(0.015, gt=0)       # absolute accuracy difference allowed
-    lr_factor: float = Field(3.0, gt=1)         # LR picks: allowed ratio either way
-    seeds: int = Field(1, ge=1)                 # initialisation seeds make report trains
-    note: str = ""                              # why a row misses its expected value
+    item: str = Field(description='the item\'s label, e.g. "Table 2: n_s=500, 1 cycle"')
+    source: str = Field("", description="where the study's numbers come from")
+    accuracy: dict[Split, float] = Field({}, description=(
+        "the study's accuracies, e.g. {train: 0.62, val: 0.46, test: 0.46}"))
+    minimum: dict[Split, float] = Field({}, description=(
+        "accuracies ours must reach (no study number)"))
+    ensemble_minimum: dict[Split, float] = Field({}, description=(
+        "the same for the snapshot ensemble"))
+    tta_minimum: dict[Split, float] = Field({}, description=(
+        "the same with test-time augmentation"))
+    top: list[list[float]] = Field([], description=(
+        "search: [lambda, val accuracy] pairs, best first"))
+    eta_min: float | None = Field(None, gt=0, description="LR range test: the study's eta_min")
+    eta_max: float | None = Field(None, gt=0, description="LR range test: the study's eta_max")
+    max_rel_error: float | None = Field(None, gt=0, description=(
+        "gradient check: the study's bound on the floored relative error"))
+    tolerance: float = Field(0.015, gt=0, description=(
+        "absolute accuracy difference allowed (accuracy units)"))
+    lr_factor: float = Field(3.0, gt=1, description="LR picks: allowed ratio either way")
+    seeds: int = Field(1, ge=1, description="initialisation seeds `make report` trains")
+    note: str = Field("", description="why a row misses its expected value")
 
     @field_validator("top")
     @classmethod
@@ -336,20 +395,26 @@ class ExpectedConfig(_Section):
 
 
 class Config(_Section):
-    seed: int = Field(42, ge=0)  # numpy seeds are non-negative
-    init_seed: int | None = Field(None, ge=0)
-    dtype: Literal["float32", "float64"] = "float32"
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    optim: OptimConfig = OptimConfig()
-    augment: AugmentConfig = AugmentConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
-    train: TrainConfig = TrainConfig()
-    gradcheck: GradcheckConfig = GradcheckConfig()
-    search: SearchConfig = SearchConfig()
-    lrrange: LRRangeConfig = LRRangeConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    expected: ExpectedConfig | None = None
+    seed: int = Field(42, ge=0, description=(  # numpy seeds are non-negative
+        "master seed: init, shuffles and hold-out splits derive from it"))
+    init_seed: int | None = Field(None, ge=0, description=(
+        "seed of the weight initialisation alone; null: derived from seed"))
+    dtype: Literal["float32", "float64"] = Field("float32", description=(
+        "float32 | float64: precision of data, weights and arithmetic"))
+    data: DataConfig = Field(DataConfig(), description="the CIFAR-10 splits")
+    model: ModelConfig = Field(ModelConfig(), description="the two-layer network")
+    optim: OptimConfig = Field(OptimConfig(), description="regularisation and momentum")
+    augment: AugmentConfig = Field(AugmentConfig(), description=(
+        "training-batch augmentation, on the fly (all off by default)"))
+    schedule: ScheduleConfig = Field(ScheduleConfig(), description="the learning rate")
+    train: TrainConfig = Field(TrainConfig(), description="the training loop")
+    gradcheck: GradcheckConfig = Field(GradcheckConfig(), description=(
+        "`cifar2l gradcheck` (configs/gradcheck.yaml explains it)"))
+    search: SearchConfig = Field(SearchConfig(), description="`cifar2l search`")
+    lrrange: LRRangeConfig = Field(LRRangeConfig(), description="`cifar2l lrrange`")
+    evaluate: EvaluateConfig = Field(EvaluateConfig(), description="scoring")
+    expected: ExpectedConfig | None = Field(None, description=(
+        "the study's numbers, for `cifar2l report` only; null: none"))
 
     @model_validator(mode="after")
     def _snapshots_in_run(self):

@@ -14,9 +14,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import config as config_mod
+from . import shipped
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "configs"
+CONFIGS = shipped.configs_dir()  # package data when installed, the checkout's configs/ here
 
 # Every item `make report` runs: (command, config stem). Order matters: the fine search
 # refines the coarse one.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -119,7 +120,8 @@ def suggest(rows: list[dict], window: int) -> dict:
 
 def suggestion_yaml(s: dict, run_dir, source: str) -> str:
     return (f"# Suggested by the LR range test in {run_dir} ({source}).\n"
-            f"# Use it with `extends: [your-config.yaml, {run_dir}/suggestion.yaml]`.\n"
+            f"# Use it with `extends: [your-config.yaml, {Path(run_dir).absolute()}/"
+            "suggestion.yaml]` (an absolute path: it works from any directory).\n"
             f"schedule:\n  eta_min: {s['eta_min']!r}\n  eta_max: {s['eta_max']!r}\n")  # fmt: skip
 
 

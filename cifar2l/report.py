@@ -158,7 +158,7 @@ def expected_for(run: Path, summary: dict, cfg):
         return cfg.expected
     named = [a for a in summary.get("argv", []) if a.endswith((".yaml", ".yml"))]
     for arg in named:
-        path = Path(arg) if Path(arg).is_file() else ROOT / "configs" / Path(arg).name
+        path = Path(arg) if Path(arg).is_file() else items.CONFIGS / Path(arg).name
         if path.is_file():
             return config_mod.load_config(path).expected
     return None

@@ -237,7 +237,7 @@ def best_yaml_header(path: Path, best: dict, search: dict) -> str:
     vals = ", ".join(f"{k}={fmt_value(v)}" for k, v in best["params"].items())
     return (f"# Best trial {best['trial']:03d} of the search {path}: {vals}\n"
             f"# {search['metric']} = {best[search['metric']]:.4f}. Train it again with:\n"
-            f"#   cifar2l train {path / 'best.yaml'}\n")  # fmt: skip
+            f"#   cifar2l train {Path(path).absolute() / 'best.yaml'}\n")  # fmt: skip
 
 
 # ---------------------------------------------------------------- console
