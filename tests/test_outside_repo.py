@@ -24,10 +24,6 @@ import pytest
 
 from .conftest import ROOT, write_official_dir
 
-# TODO(issue 17): set to True once `cifar2l runs` and `cifar2l compare` are merged; then
-# test_runs_and_compare_outside_the_repo runs them on the two trained runs.
-RUNS_AND_COMPARE_MERGED = True
-
 # The acceptance command, shrunk to seconds: the synthetic batches hold 40 images each (so a
 # batch of 10), 2 * 50 updates.
 TRAIN = ["train", "default", "--set", "schedule.n_s=50", "--set", "train.batch_size=10"]
@@ -141,11 +137,12 @@ def test_config_best_and_list_outside_the_repo(outside):
     assert missing.stderr.count("\n") == 1
 
 
-@pytest.mark.skipif(not RUNS_AND_COMPARE_MERGED, reason="runs/compare not merged yet "
-                    "(flip RUNS_AND_COMPARE_MERGED)")  # fmt: skip
 def test_runs_and_compare_outside_the_repo(outside, trained):
     listed = outside.cifar2l("runs")
     for summary in trained:
         assert Path(summary["run_dir"]).name in listed.stdout
-    compared = outside.cifar2l("compare", *(s["run_dir"] for s in trained))
-    assert compared.stdout.strip()
+    compared = outside.cifar2l("compare", *(s["run_dir"] for s in trained), "--json")
+    made = outside.work / json.loads(compared.stdout)["run_dir"]  # relative to its cwd
+    assert (made / "curves.png").stat().st_size > 0
+    html = (made / "compare.html").read_text()
+    assert all(Path(s["run_dir"]).name in html for s in trained)
