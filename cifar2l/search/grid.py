@@ -59,7 +59,12 @@ def parse_grid(text: str) -> tuple[str, list]:
     if not all(item.strip() for item in items):
         raise ConfigError(f"--grid {clip(key, 80)}: an empty value in {brief(values)}; "
                           f"expected KEY=V1,V2,..., {EXAMPLE}")  # fmt: skip
-    return key, [config_mod.parse_yaml(item, f"--grid {clip(key, 80)}") for item in items]
+    parsed = [config_mod.parse_yaml(item, f"--grid {clip(key, 80)}") for item in items]
+    twice = [items[i] for i, v in enumerate(parsed) if repr(v) in map(repr, parsed[:i])]
+    if twice:
+        raise ConfigError(f"--grid {clip(key, 80)}: the value {brief(twice[0].strip(), 40)} "
+                          "is given twice")  # fmt: skip
+    return key, parsed
 
 
 def check_key(key: str) -> None:

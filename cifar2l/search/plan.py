@@ -98,8 +98,8 @@ def make_plan(cfg, source: str) -> dict:
             console.log(f"refine: grid axes are run as given, not refined: "
                         f"{', '.join(grid_axes(space))}")  # fmt: skip
     base = cfg.to_dict()
+    values = plan_values(search.space, search.trials, search.seed, source)  # sized first
     check_choices(base, search.space, source)
-    values = plan_values(search.space, search.trials, search.seed, source)
     seeds = init_seeds(search.seed, len(values))
     if unused_trials(search, len(values)):
         console.warn(unused_trials(search, len(values)))
@@ -192,6 +192,8 @@ def plan_difference(old: dict, new: dict) -> str:
     keys = [k for k in {**spaces[0], **spaces[1]} if spaces[0].get(k) != spaces[1].get(k)]
     if keys:
         return f"other search.space values for {', '.join(clip(k, 40) for k in keys[:4])}"
+    if list(spaces[0]) != list(spaces[1]):  # a grid's order is the order of its trials
+        return "the search.space keys in another order"
     return "other config or values"
 
 
