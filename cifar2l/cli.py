@@ -49,7 +49,8 @@ ThreadsOpt = Annotated[int | None, typer.Option("--threads", metavar="N", help=(
 
 # The `search` command's own arguments and options.
 SearchConfigArg = Annotated[str | None, typer.Argument(
-    help="Experiment YAML with a search: section, or the word `collect`.",
+    help="Experiment YAML with a search: section (or any config, with --grid), or the word "
+         "`collect`.",
     show_default=False)]
 SearchRunDirArg = Annotated[Path | None, typer.Argument(
     help="After `collect`: the search directory to merge.", show_default=False)]
@@ -66,6 +67,10 @@ RepeatBestOpt = Annotated[int, typer.Option("--repeat-best", metavar="K", min=1,
     "After the search, retrain the best trial over K initialisation seeds (best-repeat/): "
     "its mean and std, free of the winner's luck."))]
 NoCollectOpt = Annotated[bool, typer.Option("--no-collect", hidden=True)]  # for --jobs workers
+GridOpt = Annotated[list[str] | None, typer.Option("--grid", "-g", metavar="KEY=V1,V2,...", help=(
+    "A grid axis: every value is run, YAML-typed as --set (repeatable: the Cartesian product, "
+    "the last --grid fastest). Replaces KEY's entry in search.space; with random keys beside "
+    "it, every grid point gets search.trials draws of them. Not refined by --refine."))]
 
 
 def _version(value: bool):
@@ -133,13 +138,20 @@ def _with_threads(work, n_threads: int | None):
         return work()
 
 
-def _load(config: Path, overrides: list[str] | None, seed: int | None):
-    """CONFIG (a file, or a shipped config's bare name: shipped.resolve) with the overrides."""
+def _load(config: Path, overrides: list[str] | None, seed: int | None,
+          grid: list[str] | None = None):  # fmt: skip
+    """CONFIG (a file, or a shipped config's bare name: shipped.resolve) with the overrides;
+    for a search, the --grid axes put into search.space (search/grid.py)."""
     from .config import dump_yaml, load_config
     from .shipped import resolve
 
     sets = list(overrides or []) + ([f"seed={seed}"] if seed is not None else [])
-    cfg = load_config(resolve(config), sets)
+    if grid:
+        from .search.grid import load_search_config
+
+        cfg = load_search_config(resolve(config), sets, grid)
+    else:
+        cfg = load_config(resolve(config), sets)
     return cfg, dump_yaml(cfg)
 
 
@@ -302,6 +314,7 @@ def search(
     refine: RefineOpt = None,
     repeat_best: RepeatBestOpt = 1,
     no_collect: NoCollectOpt = False,
+    grid: GridOpt = None,
     set_: SetOpt = None,
     out: OutOpt = Path("runs"),
     name: NameOpt = None,
@@ -310,7 +323,7 @@ def search(
     as_json: JsonOpt = False,
     n_threads: ThreadsOpt = None,
 ):
-    """Random search: train one run per trial, rank them, write results.csv and best.yaml.
+    """Random or grid search: train one run per trial, rank them, write results.csv and best.yaml.
 
     `cifar2l search collect RUN_DIR` merges the trials of a sharded search.
 
@@ -322,21 +335,25 @@ def search(
 
         cifar2l search configs/search-coarse.yaml --dir runs/coarse --shard 0/4
 
+        cifar2l search configs/smoke.yaml --grid optim.lambda=0.001,0.01 --grid model.hidden=50,100
+
         cifar2l search collect runs/coarse
     """
     def work():
         return _search(config, run_dir, jobs, shard, directory, resume, refine, repeat_best,
-                       no_collect, set_, out, name, seed)  # fmt: skip
+                       no_collect, set_, out, name, seed, grid)  # fmt: skip
 
     _execute(work, quiet, as_json, n_threads)
 
 
 def _search(config, run_dir, jobs, shard, directory, resume, refine, repeat_best, no_collect,
-            set_, out, name, seed):  # fmt: skip
+            set_, out, name, seed, grid=None):  # fmt: skip
     """The `search` command's work: `collect RUN_DIR`, --resume RUN_DIR or a CONFIG."""
     from . import search as search_mod
     from .errors import ConfigError
 
+    if grid and (config in (None, "collect")):
+        raise ConfigError(_GRID_NEEDS_CONFIG)
     if config == "collect":
         if run_dir is None:
             raise ConfigError("search collect: give the search directory, e.g. "
@@ -352,7 +369,7 @@ def _search(config, run_dir, jobs, shard, directory, resume, refine, repeat_best
         raise ConfigError("search: give a CONFIG, `collect RUN_DIR` or --resume RUN_DIR")
     if resume is not None and directory is not None:
         raise ConfigError("search: give --resume RUN_DIR or --dir DIR, not both")
-    cfg, text = _load(Path(config), set_, seed)
+    cfg, text = _load(Path(config), set_, seed, grid)
     if resume is not None:  # continues a search: one must be there (--dir may start one)
         search_mod.load_plan(resume)
     return search_mod.run_search(
@@ -525,6 +542,11 @@ def _config_list() -> dict:
     console.table(f"Shipped configs ({configs_dir()}): cifar2l train NAME",
                   ["name", "about"], [[r["name"], r["about"]] for r in rows])  # fmt: skip
     return {"configs": rows}
+
+
+_GRID_NEEDS_CONFIG = ("--grid needs a CONFIG: cifar2l search CONFIG --grid KEY=V1,V2,... (to "
+                      "continue a grid search: cifar2l search --resume RUN_DIR, or CONFIG with "
+                      "the same --grid and --resume RUN_DIR)")
 
 
 def main() -> None:

@@ -221,12 +221,14 @@ class GradcheckConfig(_Section):
 
 
 class Distribution(_Section):
-    """One of: log_uniform [lo, hi], uniform [lo, hi], int_uniform [lo, hi], choice [a, b, ...]."""
+    """One of: log_uniform [lo, hi], uniform [lo, hi], int_uniform [lo, hi], choice [a, b, ...]
+    (drawn at random), or grid [a, b, ...] (every value, a grid axis: search/grid.py)."""
 
     log_uniform: list[float] | None = Field(None, description="[lo, hi]: uniform in log space")
     uniform: list[float] | None = Field(None, description="[lo, hi]: uniform")
     int_uniform: list[int] | None = Field(None, description="[lo, hi]: integers, inclusive")
     choice: list[Any] | None = Field(None, description="[a, b, ...]: one of the values")
+    grid: list[Any] | None = Field(None, description="[a, b, ...]: every value (a grid axis)")
 
     @model_validator(mode="after")
     def _exactly_one(self):
@@ -234,9 +236,11 @@ class Distribution(_Section):
         if len(given) != 1:
             raise ValueError(f"give exactly one of {', '.join(DISTRIBUTIONS)}")
         kind, args = given[0], getattr(self, given[0])
-        if kind == "choice":
+        if kind in ("choice", "grid"):
             if not args:
-                raise ValueError("choice: needs at least one value")
+                raise ValueError(f"{kind}: needs at least one value")
+            if kind == "grid" and len({repr(a) for a in args}) < len(args):
+                raise ValueError(f"grid: a value is given twice in {brief(args)}")
         elif len(args) != 2 or args[0] > args[1]:
             raise ValueError(f"{kind}: expected [low, high] with low <= high, got {brief(args)}")
         elif not all(math.isfinite(a) for a in args):
@@ -260,7 +264,7 @@ class Distribution(_Section):
         return getattr(self, self.kind)
 
 
-DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "choice")
+DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "choice", "grid")
 
 
 class SearchConfig(_Section):
@@ -289,6 +293,14 @@ class SearchConfig(_Section):
         # YAML 1.1 reads a bare `off` as false (and `on` as true).
         return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
+    @field_validator("space", mode="before")
+    @classmethod
+    def _plain_list_is_grid(cls, space):
+        # `optim.lambda: [0.001, 0.01]` is short for `optim.lambda: {grid: [0.001, 0.01]}`
+        if not isinstance(space, dict):
+            return space
+        return {k: {"grid": v} if isinstance(v, list) else v for k, v in space.items()}
+
     @field_validator("space")
     @classmethod
     def _known_keys(cls, space):
@@ -300,6 +312,11 @@ class SearchConfig(_Section):
                 raise ValueError(f"{brief(key)} is not a config key (e.g. optim.lambda, "
                                  "model.hidden)")  # fmt: skip
         return space
+
+
+def is_config_key(key: str) -> bool:
+    """Whether a dotted key names one value of the config (what search.space may search)."""
+    return _is_leaf(key.split("."))
 
 
 def _is_leaf(parts: list[str]) -> bool:

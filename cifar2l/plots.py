@@ -124,6 +124,8 @@ def search_scatter(rows: list[dict], search: dict, path: Path) -> None:
         xs = [r["params"][key] for r in rows]
         if "choice" in search["space"][key]:
             xs = [str(x) for x in xs]
+        if "grid" in search["space"][key]:
+            xs = grid_positions(ax, search["space"][key]["grid"], xs)
         ax.scatter(xs, [r[metric] for r in rows], s=18)
         if "log_uniform" in search["space"][key]:
             ax.set_xscale("log")
@@ -132,6 +134,25 @@ def search_scatter(rows: list[dict], search: dict, path: Path) -> None:
     fig.suptitle(f"{len(rows)} completed trials")
     _save(fig, path)
     plt.close(fig)
+
+
+def grid_positions(ax, values: list, xs: list) -> list[float]:
+    """A grid axis as evenly spaced categories in the grid's order, labelled with its values
+    (0.001, 0.01, 0.1 read well there, as on a log axis), and the x of each trial: its value's
+    place, spread a little so that the trials of one point do not hide each other."""
+    labels = [f"{v:.3g}" if isinstance(v, float) else str(v)[:12] for v in values]
+    step = max(1, len(values) // 20)  # at most ~20 labels
+    ax.set_xticks(range(0, len(values), step), labels[::step],
+                  rotation=45 if len(values) > 6 else 0)  # fmt: skip
+    ax.set_xlim(-0.5, len(values) - 0.5)
+    index = {repr(v): i for i, v in enumerate(values)}
+    place = [index.get(repr(x), 0) for x in xs]
+    count, seen = np.bincount(place, minlength=len(values)), np.zeros(len(values), int)
+    out = []
+    for i in place:  # the trials of a point spread evenly over +-0.12 around it
+        out.append(i + (0.24 * seen[i] / (count[i] - 1) - 0.12 if count[i] > 1 else 0.0))
+        seen[i] += 1
+    return out
 
 
 def lrrange(rows: list[dict], s: dict, log_x: bool, path: Path) -> None:

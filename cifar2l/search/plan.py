@@ -14,9 +14,10 @@ from typing import get_args
 import numpy as np
 
 from .. import config as config_mod
-from .. import runs
-from ..errors import ConfigError, RunError
+from .. import console, runs
+from ..errors import ConfigError, RunError, clip
 from ..rngs import init_seeds
+from .grid import check_size, grid_axes, grid_points
 
 PLAN = "search.json"
 FINISHED = ("completed", "failed", "diverged")
@@ -44,6 +45,33 @@ def sample_trials(space: dict, n: int, seed: int) -> list[dict]:
     return [{key: sample_value(dist, rng) for key, dist in space.items()} for _ in range(n)]
 
 
+def plan_values(space: dict, n: int, seed: int, source: str) -> list[dict]:
+    """The values of every trial, keys in the order of the space. Without grid axes: n random
+    draws (sample_trials). With them: every grid point (the last axis fastest) with n draws
+    of the random axes each, drawn in trial order from one stream; grid axes only: one trial
+    a point (n unused)."""
+    axes = grid_axes(space)
+    if not axes:
+        return sample_trials(space, n, seed)
+    randoms = {k: d for k, d in space.items() if k not in axes}
+    per = n if randoms else 1
+    check_size(axes, per, f"{source}: search.space")
+    points = grid_points(axes)
+    draws = sample_trials(randoms, len(points) * per, seed)
+    return [{k: {**points[i // per], **d}[k] for k in space} for i, d in enumerate(draws)]
+
+
+def unused_trials(search, n_trials: int) -> str:
+    """The warning for a search.trials set in the config but not used (grid axes only). Not
+    for the default 16: every dumped config (a search's config.yaml, best.yaml) states it."""
+    grid_only = all(d.kind == "grid" for d in search.space.values())
+    default = config_mod.SearchConfig.model_fields["trials"].default
+    if not grid_only or search.trials in (default, n_trials):
+        return ""
+    return (f"search.trials {search.trials} is not used: search.space has grid axes only, "
+            f"so the search runs each of its {n_trials} grid points once")  # fmt: skip
+
+
 # ---------------------------------------------------------------- plan
 
 
@@ -66,10 +94,15 @@ def make_plan(cfg, source: str) -> dict:
                                       search.metric)  # fmt: skip
         search = search.model_copy(update={"space": space})
         cfg = cfg.model_copy(update={"search": search})
+        if grid_axes(space):
+            console.log(f"refine: grid axes are run as given, not refined: "
+                        f"{', '.join(grid_axes(space))}")  # fmt: skip
     base = cfg.to_dict()
+    values = plan_values(search.space, search.trials, search.seed, source)  # sized first
     check_choices(base, search.space, source)
-    values = sample_trials(search.space, search.trials, search.seed)
-    seeds = init_seeds(search.seed, search.trials)
+    seeds = init_seeds(search.seed, len(values))
+    if unused_trials(search, len(values)):
+        console.warn(unused_trials(search, len(values)))
     for i, (params, seed) in enumerate(zip(values, seeds, strict=True)):  # before any work
         trial = config_mod.validate(trial_raw(base, params, seed), f"{source} (search.space)")
         check_metric(trial, search.metric, source, i)
@@ -80,9 +113,10 @@ def make_plan(cfg, source: str) -> dict:
 
 def check_choices(base: dict, space: dict, source: str) -> None:
     """Every value of a `choice`, not only those the seed happens to draw: `choice: [0, 8]`
-    for model.hidden passed whenever no trial drew the 0 (and failed with another seed)."""
+    for model.hidden passed whenever no trial drew the 0 (and failed with another seed).
+    Every value of a grid too, on its own: a clearer error than that of its first trial."""
     for key, dist in space.items():
-        if dist.kind == "choice":
+        if dist.kind in ("choice", "grid"):
             for value in dist.args:
                 config_mod.validate(trial_raw(base, {key: value}, 0), f"{source} (search.space)")
 
@@ -141,7 +175,8 @@ def create_search_dir(path: Path, plan: dict, config_text: str) -> bool:
         os.link(tmp, path / PLAN)
     except FileExistsError:
         if load_plan(path) != json.loads(text):
-            raise ConfigError(f"{path}: holds a different search (other config or values); "
+            raise ConfigError(f"{path}: holds a different search "
+                              f"({plan_difference(load_plan(path), json.loads(text))}); "
                               "use a new --dir") from None  # fmt: skip
         return False
     finally:
@@ -149,6 +184,17 @@ def create_search_dir(path: Path, plan: dict, config_text: str) -> bool:
     runs.atomic_write(path / "config.yaml", config_text)
     runs.write_command(path)
     return True
+
+
+def plan_difference(old: dict, new: dict) -> str:
+    """What makes two plans differ, in words: the searched keys first (another grid)."""
+    spaces = old["config"]["search"]["space"], new["config"]["search"]["space"]
+    keys = [k for k in {**spaces[0], **spaces[1]} if spaces[0].get(k) != spaces[1].get(k)]
+    if keys:
+        return f"other search.space values for {', '.join(clip(k, 40) for k in keys[:4])}"
+    if list(spaces[0]) != list(spaces[1]):  # a grid's order is the order of its trials
+        return "the search.space keys in another order"
+    return "other config or values"
 
 
 def check_search_dir(path: Path) -> None:
