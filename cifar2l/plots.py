@@ -80,10 +80,10 @@ def run_name(path: Path) -> str:
 def schedule_text(sched) -> str:
     if sched.kind == "cyclical":
         cycles = f"{sched.cycles} cycle{'s' * (sched.cycles > 1)}"
-        return f"cyclic eta {sched.eta_min:g}..{sched.eta_max:g} (n_s {sched.n_s}, {cycles})"
+        return f"cyclic eta {sched.eta_min:.3g}..{sched.eta_max:.3g} (n_s {sched.n_s}, {cycles})"
     if sched.kind == "one_cycle":
-        return f"one-cycle eta {sched.eta_min:g}..{sched.eta_max:g} ({sched.steps} steps)"
-    return f"constant eta {sched.eta:g} ({sched.steps} steps)"
+        return f"one-cycle eta {sched.eta_min:.3g}..{sched.eta_max:.3g} ({sched.steps} steps)"
+    return f"constant eta {sched.eta:.3g} ({sched.steps} steps)"
 
 
 def settings(cfg, schedule: bool = True) -> str:
@@ -231,9 +231,10 @@ def confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
-def search_scatter(rows: list[dict], search: dict, path: Path):
+def search_scatter(rows: list[dict], search: dict, path: Path | None, name: str | None = None):
     """Validation accuracy against each searched value (log axis for log-uniform keys); the
-    best trial (rows[0]: they come ranked) starred and named in the legend and the title."""
+    best trial (rows[0]: they come ranked) starred and named in the legend and the title.
+    Written to `path` when given; `name`: the search's (default: that of path's folder)."""
     plt = pyplot()
     keys = list(search["space"])
     cols = 2 if len(keys) == 4 else min(3, len(keys))  # more keys: more rows, not a strip
@@ -243,25 +244,46 @@ def search_scatter(rows: list[dict], search: dict, path: Path):
     for ax in axes.flat[len(keys):]:
         ax.set_axis_off()
     metric, best = search["metric"], rows[0]
-    label = f"best: trial {best['trial']}, {metric} {best[metric]:.4f}"
     for ax, key in zip(axes.flat, keys, strict=False):
-        choice = "choice" in search["space"][key]
-        xs = [str(r["params"][key]) if choice else r["params"][key] for r in rows]
-        ax.scatter(xs, [r[metric] for r in rows], s=18, label="trials")
-        ax.scatter(xs[:1], [best[metric]], marker="*", s=260, color="tab:red", zorder=3,
-                   edgecolors="black", linewidths=0.6, label=f"best (trial {best['trial']})")
-        if "log_uniform" in search["space"][key]:
-            ax.set_xscale("log")
-        ax.set(xlabel=key, ylabel=metric)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        search_panel(ax, key, search["space"][key], rows, metric)
     values = ", ".join(f"{k} {best['params'][k]:.3g}" if isinstance(best["params"][k], float)
                        else f"{k} {best['params'][k]}" for k in keys)  # fmt: skip
-    fig.suptitle(title_lines(f"{run_name(path.parent)} · {len(rows)} completed trials",
-                             f"{label} ({values})", 40 + 45 * cols), fontsize=11)
-    _save(fig, path)
+    name = name or run_name(path.parent)
+    fig.suptitle(title_lines(f"{name} · {len(rows)} completed trials", f"best: trial "
+                             f"{best['trial']}, {metric} {best[metric]:.4f} ({values})",
+                             40 + 45 * cols), fontsize=11)  # fmt: skip
+    if path is not None:
+        _save(fig, path)
     plt.close(fig)
     return fig
+
+
+def search_panel(ax, key: str, space: dict, rows: list[dict], metric: str) -> None:
+    """One searched key: every trial's metric against its value, the best one starred."""
+    choice = "choice" in space
+    xs = [str(r["params"][key]) if choice else r["params"][key] for r in rows]
+    if choice:  # categories in the config's order, not in the ranking's
+        ax.plot([str(c) for c in space["choice"]], [np.nan] * len(space["choice"]), ls="")
+    ax.scatter(xs, [r[metric] for r in rows], s=18, label="trials")
+    ax.scatter(xs[:1], [rows[0][metric]], marker="*", s=260, color="tab:red", zorder=3,
+               edgecolors="black", linewidths=0.6, label=f"best (trial {rows[0]['trial']})")
+    if "log_uniform" in space:
+        log_axis(ax, [min(xs), max(xs)])  # the trials' range (a refined search's is narrower)
+    ax.set(xlabel=key, ylabel=metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
+def log_axis(ax, bounds: list[float]) -> None:
+    """A log x axis; over less than a decade, plain numbers at a few ticks (matplotlib's
+    minor labels like 2.8x10^-3 would run into each other)."""
+    from matplotlib import ticker
+
+    ax.set_xscale("log")
+    if bounds[0] > 0 and bounds[1] / bounds[0] < 10:
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.2g}"))
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(5))
 
 
 def loss_limits(losses) -> tuple[float, float]:
@@ -276,7 +298,8 @@ def loss_limits(losses) -> tuple[float, float]:
     return float(low - pad), float(top + pad)
 
 
-def lrrange(rows: list[dict], s: dict, log_x: bool, path: Path, title: str = "LR range test"):
+def lrrange(rows: list[dict], s: dict, log_x: bool, path: Path | None,
+            title: str = "LR range test"):  # fmt: skip
     """Accuracy and loss against the learning rate, with the suggested eta_min / eta_max; the
     loss axis stops at 1.5x the initial loss and the diverged tail beyond it is shaded."""
     plt = pyplot()
@@ -298,7 +321,8 @@ def lrrange(rows: list[dict], s: dict, log_x: bool, path: Path, title: str = "LR
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(title, fontsize=11)
-    _save(fig, path)
+    if path is not None:
+        _save(fig, path)
     plt.close(fig)
     return fig
 
@@ -311,6 +335,6 @@ def mark_diverged(ax, rows: list[dict], top: float) -> None:
     over = [r["lr"] for r in after if not np.isfinite(r["val_loss"]) or r["val_loss"] > top]
     if not over:
         return
-    ax.axvspan(over[0], rows[-1]["lr"], color="0.5", alpha=0.15,
+    ax.axvspan(over[0], rows[-1]["lr"], color="0.5", alpha=0.3,
                label=f"diverged (loss > {top:.3g})")  # fmt: skip
     ax.plot(over, [top] * len(over), "v", color="0.3", ms=6, clip_on=False)

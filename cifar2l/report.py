@@ -276,15 +276,56 @@ def render_figures(item: Item) -> list[tuple[str, bytes]]:
     """(name, PNG bytes) of an item's figures: a train run's loss, cost and accuracy side by
     side like the study's figures (a `--repeat` run's: mean +- 1 std over its seeds), drawn
     from its metrics.csv; the other runs' own figures as they are."""
+    from . import plots
+
+    if item.summary.get("command") == "search":
+        done = search_results(item)
+        if done:
+            fig = plots.search_scatter(done, item.cfg.search.model_dump(exclude_none=True), None,
+                                       plots.run_name(item.run))  # fmt: skip
+            return [("search.png", plots.png_bytes(fig))]
+    if item.summary.get("command") == "lrrange":
+        return lrrange_figure(item) or [(f.name, f.read_bytes()) for f in item.figures]
     trials = train_metrics(item.run) if item.summary.get("command") == "train" else []
     if not trials:
         return [(f.name, f.read_bytes()) for f in item.figures]
-    from . import plots
 
     seeds = f" · mean ± std over {len(trials)} seeds" if len(trials) > 1 else ""
     title = plots.title_lines(f"{plots.run_name(item.run)}{seeds}", plots.settings(item.cfg),
                               110)  # fmt: skip
     return [(CURVES, plots.png_bytes(plots.panels(trials, title)))]
+
+
+def lrrange_figure(item: Item) -> list[tuple[str, bytes]]:
+    """The LR range test's plot redrawn from its lrrange.csv (a `--repeat` run's: its first
+    seed's sweep), with the rates the run suggests (over all its seeds); [] when unreadable."""
+    from . import lrrange, plots
+
+    files = sorted(item.run.glob("repeats/*/lrrange.csv")) or [item.run / "lrrange.csv"]
+    try:
+        with open(files[0], newline="") as f:
+            rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        s = {**lrrange.suggest(rows, item.cfg.lrrange.smooth), **item.summary["suggestion"]}
+    except (OSError, ValueError, KeyError, IndexError, RunError):
+        return []
+    seeds = f" · sweep of seed {files[0].parent.name}" if len(files) > 1 else ""
+    title = plots.lrrange_title(item.run, item.cfg).replace("\n", f"{seeds}\n", 1)
+    fig = plots.lrrange(rows, s, item.cfg.lrrange.mode == "exponential", None, title)
+    return [("lrrange.png", plots.png_bytes(fig))]
+
+
+def search_results(item: Item) -> list[dict]:
+    """A search's ranked completed trials from its results.csv, as plots.search_scatter takes
+    them ([] for a file it cannot read: the search's own search.png is shown instead)."""
+    space, metric = item.cfg.search.space, item.cfg.search.metric
+    try:
+        with open(item.run / "results.csv", newline="") as f:
+            done = [r for r in csv.DictReader(f) if r["status"] == "completed" and r[metric]]
+        return [{"trial": int(r["trial"]), metric: float(r[metric]),
+                 "params": {k: r[k] if space[k].choice else float(r[k]) for k in space}}
+                for r in done]  # fmt: skip
+    except (OSError, ValueError, KeyError):
+        return []
 
 
 def train_metrics(run: Path) -> list[list[dict]]:
@@ -491,7 +532,7 @@ pre{font:12.5px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace;background:#f6f
 .explained{background:#fff8c5;color:#7d4e00}.modified{background:#eaeef2;color:#57606a}
 .note{background:#fff8c5;border-left:4px solid #d4a72c;padding:8px 12px;margin:10px 0;
  font-size:14px}.warn{background:#ffebe9;border-left:4px solid #cf222e;padding:8px 12px}
-figure{margin:12px 0}figure img{width:100%;height:auto;border:1px solid #e6e8eb;
+figure{margin:12px 0}figure img{max-width:100%;height:auto;border:1px solid #e6e8eb;
  border-radius:4px}figcaption{color:#57606a;font-size:13px}
 .item{scroll-margin-top:12px}.top{font-size:13px;float:right;font-weight:normal}
 """
