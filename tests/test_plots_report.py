@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar2l import plots, runs
+from cifar2l import plots, report, runs
 from cifar2l.config import load_config
 
 from .conftest import ROOT, ok
@@ -148,3 +148,20 @@ def test_the_page_is_one_shareable_file(tmp_path, official_dir):
         assert summary < page.index(f"id='{ids[0]}'")  # the summary comes first
     assert "<code>cifar2l train configs/b.yaml</code>" in page
     assert "__main__.py" not in page and "/opt/venv" not in page
+
+
+def test_the_report_redraws_a_search_with_its_best_trial(tmp_path, official_dir):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"extends: {SMOKE}\ndata: {{root: {official_dir}, train: all, val: null, "
+                   "val_size: 40}\nsearch:\n  trials: 3\n  space:\n    optim.lambda: "
+                   "{log_uniform: [1.0e-4, 1.0e-1]}\nexpected:\n  item: 'Table 3: smoke'\n"
+                   "  top: [[0.01, 0.5]]\n")  # fmt: skip
+    run = Path(json.loads(ok("search", cfg, "--out", tmp_path / "runs", "--json").stdout)[
+        "run_dir"])  # fmt: skip
+    item = report.load_item(run)
+    done = report.search_results(item)
+    best = json.loads((run / "summary.json").read_text())["best"]
+    assert len(done) == 3 and done[0]["trial"] == best["trial"]  # ranked, best first
+    assert done[0]["params"]["optim.lambda"] == pytest.approx(best["params"]["optim.lambda"])
+    ((name, png),) = report.render_figures(item)
+    assert name == "search.png" and png[:4] == b"\x89PNG"
