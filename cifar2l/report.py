@@ -523,7 +523,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tbody tr:hover{background:#f6f8fa}
 a{color:#0969da;text-decoration:none}a:hover{text-decoration:underline}
 code{font:12.5px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f6f8fa;
- padding:1px 5px;border-radius:4px;word-break:break-all}
+ padding:1px 5px;border-radius:4px;overflow-wrap:anywhere}
 pre{font:12.5px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace;background:#f6f8fa;
  padding:12px;border-radius:6px;overflow-x:auto}
 .badge{display:inline-block;padding:1px 9px;border-radius:10px;font-size:12.5px;
@@ -534,7 +534,8 @@ pre{font:12.5px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace;background:#f6f
  font-size:14px}.warn{background:#ffebe9;border-left:4px solid #cf222e;padding:8px 12px}
 figure{margin:12px 0}figure img{max-width:100%;height:auto;border:1px solid #e6e8eb;
  border-radius:4px}figcaption{color:#57606a;font-size:13px}
-.item{scroll-margin-top:12px}.top{font-size:13px;float:right;font-weight:normal}
+.item{scroll-margin-top:12px}.nowrap{white-space:nowrap}.small{font-size:12.5px}
+.wide{overflow-x:auto}.top{font-size:13px;float:right;font-weight:normal}
 """
 
 
@@ -612,15 +613,47 @@ def tail_html(items_: list[Item], meta: dict) -> str:
                                                       for n in meta["skipped"]) + "</ul>")
     parts.append("<h2>Performance benchmarks</h2>")
     for b in meta["benchmarks"]:
-        body = (f"<p class='meta'>{esc(b['label'])}</p><pre>{esc(b['text'])}</pre>" if b["text"]
+        body = (f"<p class='meta'>{esc(b['label'])}</p>{md_blocks(b['text'])}" if b["text"]
                 else f"<p>Not measured (no benchmarks/{esc(b['name'])}).</p>")  # fmt: skip
         parts.append(f"<h3>{b['title']} (benchmarks/{esc(b['name'])})</h3>{body}")
-    cells = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in run_facts(it)) + "</tr>"
-                    for it in items_)  # fmt: skip
-    head = "".join(f"<th>{esc(c)}</th>" for c in RUN_COLUMNS)
-    parts.append(f"<h2>Runs</h2><table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody>"
-                 "</table>")  # fmt: skip
+    parts.append(runs_html(items_))
     return "".join(parts)
+
+
+def runs_html(items_: list[Item]) -> str:
+    esc = html.escape
+    cells = "".join(
+        f"<tr><td class='nowrap'>{esc(f[0])}</td><td>{esc(f[1])}</td><td class='num'>"
+        f"{esc(f[2])}</td><td class='small'>{esc(f[3])}</td><td class='small'>{esc(f[4])}</td>"
+        f"<td>{esc(f[5])}</td><td><code>{esc(f[6])}</code></td></tr>"
+        for f in map(run_facts, items_))  # fmt: skip
+    head = "".join(f"<th>{esc(c)}</th>" for c in RUN_COLUMNS)
+    return (f"<h2>Runs</h2><div class='wide'><table><thead><tr>{head}</tr></thead><tbody>"
+            f"{cells}</tbody></table></div>")
+
+
+def md_blocks(text: str) -> str:
+    """A benchmark file's markdown (paragraphs and pipe tables) as HTML."""
+    out = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        lines = block.splitlines()
+        if not all(line.startswith("|") for line in lines):
+            out.append(f"<p>{md_inline(' '.join(lines))}</p>")
+            continue
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines
+                if not re.fullmatch(r"[|\s:-]+", line)]  # fmt: skip
+        head = "".join(f"<th>{md_inline(c)}</th>" for c in rows[0])
+        body = "".join("<tr>" + "".join(f"<td>{md_inline(c)}</td>" for c in r) + "</tr>"
+                       for r in rows[1:])  # fmt: skip
+        out.append(f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}"
+                   "</tbody></table></div>")
+    return "".join(out)
+
+
+def md_inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
 
 
 def to_html(items_: list[Item], out: Path, meta: dict) -> str:

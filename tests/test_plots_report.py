@@ -165,3 +165,10 @@ def test_the_report_redraws_a_search_with_its_best_trial(tmp_path, official_dir)
     assert done[0]["params"]["optim.lambda"] == pytest.approx(best["params"]["optim.lambda"])
     ((name, png),) = report.render_figures(item)
     assert name == "search.png" and png[:4] == b"\x89PNG"
+
+
+def test_benchmark_markdown_becomes_tables():
+    page = report.md_blocks("Made by `make bench`.\n\n| loop | s |\n|---|---|\n| a | **2.1x** |")
+    assert page == ("<p>Made by <code>make bench</code>.</p><div class='wide'><table><thead><tr>"
+                    "<th>loop</th><th>s</th></tr></thead><tbody><tr><td>a</td><td><b>2.1x</b>"
+                    "</td></tr></tbody></table></div>")  # fmt: skip
