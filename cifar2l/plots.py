@@ -179,8 +179,8 @@ def panels(trials: list[list[dict]], title: str, path: Path | None = None):
     over several trials (a `--repeat` run's seeds) their mean with a +-1 std band. Written to
     `path` when given; returns the figure (png_bytes renders it)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={
-        "left": 0.05, "right": 0.99, "bottom": 0.13, "wspace": 0.22})  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), gridspec_kw={
+        "left": 0.055, "right": 0.99, "bottom": 0.13, "wspace": 0.24})  # fmt: skip
     n = min(len(t) for t in trials)
     steps = [r["step"] for r in trials[0][:n]]
     for ax, metric in zip(axes, PANELS, strict=True):
@@ -189,7 +189,7 @@ def panels(trials: list[list[dict]], title: str, path: Path | None = None):
             band(ax, steps, values, label)
         ax.set(xlabel="update step", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=9)
     fig.suptitle(title, fontsize=11)
     fig.subplots_adjust(top=0.87 - 0.05 * title.count("\n"))
     if path is not None:
