@@ -121,7 +121,9 @@ def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str 
     with runs.open_run(out, "evaluate", run_name, cfg, config_mod.dump_yaml(cfg), started) as run:
         cm = result.pop("confusion")
         write_confusion_csv(run.path / "confusion.csv", cm, w.classes)
-        plots.confusion(cm, w.classes, run.path / "confusion.png", f"{split} split")
+        shown = name or plots.run_name(Path(target) if paths else w.path.parent)
+        title = f"{shown} · {split} split · accuracy {result['accuracy']:.4f}"
+        plots.confusion(cm, w.classes, run.path / "confusion.png", title)
         run.summary.update(weights=str(w.path), split=split, **result)
         if paths:
             run.summary.update(weights=str(target), ensemble=[ens.member_step(p) for p in paths])

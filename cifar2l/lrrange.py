@@ -160,7 +160,8 @@ def sweep_into(run, cfg, prep, source: str, show: bool = True) -> dict:
     run.summary.update(ended=ended, steps=rows[-1]["step"] if rows else 0)
     s = suggest(rows, cfg.lrrange.smooth)
     runs.atomic_write(run.path / "suggestion.yaml", suggestion_yaml(s, run.path, source))
-    plots.lrrange(rows, s, cfg.lrrange.mode == "exponential", run.path / "lrrange.png")
+    plots.lrrange(rows, s, cfg.lrrange.mode == "exponential", run.path / "lrrange.png",
+                  plots.lrrange_title(run.path, cfg))
     run.summary.update(suggestion={"eta_min": s["eta_min"], "eta_max": s["eta_max"]},
                        peak_val_accuracy=s["peak_val_accuracy"], rule=RULE)
     return {**s, "ended": ended}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,74 @@ def _save(fig, path: Path) -> None:
             raise
 
 
-def curve(rows: list[dict], metric: str, path: Path, title: str) -> None:
+def run_name(path: Path) -> str:
+    """A run's name in titles: its directory name without the date and command
+    (20261201-225440-train-best -> best); a repeat's or a trial's: its run's and its number."""
+    path = Path(path)
+    kind = {"repeats": "seed", "trials": "trial"}.get(path.parent.name)
+    if kind:
+        return f"{run_name(path.parent.parent)} · {kind} {path.name}"
+    if path.name == "best-repeat":  # search --repeat-best
+        return f"{run_name(path.parent)} · best trial retrained"
+    m = re.match(r"\d{8}-\d{6}-[a-z]+-(.+)$", path.name)
+    return m.group(1) if m else path.name
+
+
+def schedule_text(sched) -> str:
+    if sched.kind == "cyclical":
+        cycles = f"{sched.cycles} cycle{'s' * (sched.cycles > 1)}"
+        return f"cyclic eta {sched.eta_min:.3g}..{sched.eta_max:.3g} (n_s {sched.n_s}, {cycles})"
+    if sched.kind == "one_cycle":
+        return f"one-cycle eta {sched.eta_min:.3g}..{sched.eta_max:.3g} ({sched.steps} steps)"
+    return f"constant eta {sched.eta:.3g} ({sched.steps} steps)"
+
+
+def settings(cfg, schedule: bool = True) -> str:
+    """The config's key settings, the ones that tell runs apart: 'hidden 50 · lambda 0.01 ·
+    cyclic eta 1e-05..0.1 (n_s 500, 1 cycle)', then whatever is not the study's plain recipe."""
+    parts = [f"hidden {cfg.model.hidden}", f"lambda {cfg.optim.lambda_:.3g}"]
+    parts += [schedule_text(cfg.schedule)] if schedule else []
+    return " · ".join(parts + extras(cfg))
+
+
+def extras(cfg) -> list[str]:
+    o, a, avg = cfg.optim, cfg.augment, cfg.train.average
+    found = [(cfg.model.dropout, lambda: f"dropout {cfg.model.dropout:g}"),
+             (cfg.data.zca_eps, lambda: f"ZCA eps {cfg.data.zca_eps:g}"),
+             (o.momentum, lambda: f"{'nesterov' if o.nesterov else 'momentum'} {o.momentum:g}"),
+             (o.label_smoothing, lambda: f"label smoothing {o.label_smoothing:g}"),
+             (a.flip, lambda: "flip"), (a.translate, lambda: f"translate {a.translate}"),
+             (avg, lambda: avg.kind.upper())]  # fmt: skip
+    return [text() for on, text in found if on]
+
+
+def lrrange_title(path: Path, cfg) -> str:
+    r = cfg.lrrange
+    sweep = f"lr {r.lr_min:g}..{r.lr_max:g} {r.mode} over {r.epochs} epochs"
+    return title_lines(f"{run_name(path)} · LR range test", f"{settings(cfg, False)} · {sweep}",
+                       110)
+
+
+def title_lines(head: str, sub: str = "", width: int = 80) -> str:
+    """A title: `head` on its line, `sub` wrapped under it at ' · ' boundaries."""
+    lines, line = [head], ""
+    for part in sub.split(" · ") if sub else []:
+        if line and len(line) + len(part) + 3 > width:
+            lines.append(line)
+            line = ""
+        line = f"{line} · {part}" if line else part
+    return "\n".join(lines + ([line] if line else []))
+
+
+def _titled(fig, ax, title: str, height: float) -> None:
+    """`title` over `ax`; the axes box shrinks by the title's extra lines (fixed margins)."""
+    lines = title.count("\n") + 1
+    ax.set_title(title, fontsize=9 if lines > 1 else 12)
+    # the axes' own gridspec: its explicit margins win over fig.subplots_adjust
+    ax.get_subplotspec().get_gridspec().update(top=1 - (0.17 + 0.16 * lines) / height)
+
+
+def curve(rows: list[dict], metric: str, path: Path, title: str):
     """`train_<metric>` and `val_<metric>` against the update step, like the study's figures."""
     plt = pyplot()
     # Fixed margins, not layout="constrained": every run draws these, and the layout solver
@@ -72,28 +140,78 @@ def curve(rows: list[dict], metric: str, path: Path, title: str) -> None:
     steps = [r["step"] for r in rows]
     for split, label in (("train", "training"), ("val", "validation")):
         ax.plot(steps, [r[f"{split}_{metric}"] for r in rows], marker=".", label=label)
-    ax.set(xlabel="update step", ylabel=metric, title=title)
+    ax.set(xlabel="update step", ylabel=metric)
+    _titled(fig, ax, title, 4)
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
     plt.close(fig)
+    return fig
 
 
-def learning_rate(lr_fn, total: int, path: Path) -> None:
+def learning_rate(lr_fn, total: int, path: Path, title: str = "learning-rate schedule"):
     plt = pyplot()
     steps = np.arange(total + 1)
     fig, ax = plt.subplots(figsize=(6, 3), gridspec_kw={**MARGINS, "bottom": 0.16, "top": 0.89})
     ax.plot(steps, [lr_fn(int(t)) for t in steps])
-    ax.set(xlabel="update step", ylabel="learning rate", title="learning-rate schedule")
+    ax.set(xlabel="update step", ylabel="learning rate")
+    _titled(fig, ax, title, 3)
     ax.grid(alpha=0.3)
     _save(fig, path)
     plt.close(fig)
+    return fig
 
 
-def training_plots(rows: list[dict], lr_fn, total: int, run_dir: Path) -> None:
+def training_plots(rows: list[dict], lr_fn, total: int, run_dir: Path, cfg) -> None:
+    """cost.png, loss.png, accuracy.png and lr.png, titled with the run's name and settings."""
+    name, sub = run_name(run_dir), settings(cfg)
     for metric in ("cost", "loss", "accuracy"):
-        curve(rows, metric, run_dir / f"{metric}.png", f"{metric} plot")
-    learning_rate(lr_fn, total, run_dir / "lr.png")
+        curve(rows, metric, run_dir / f"{metric}.png", title_lines(f"{name} · {metric}", sub))
+    learning_rate(lr_fn, total, run_dir / "lr.png",
+                  title_lines(f"{name} · learning-rate schedule", sub))  # fmt: skip
+
+
+PANELS = ("loss", "cost", "accuracy")  # the study's figures, left to right
+
+
+def panels(trials: list[list[dict]], title: str, path: Path | None = None):
+    """Loss, cost and accuracy against the update step side by side, training and validation;
+    over several trials (a `--repeat` run's seeds) their mean with a +-1 std band. Written to
+    `path` when given; returns the figure (png_bytes renders it)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), gridspec_kw={
+        "left": 0.055, "right": 0.99, "bottom": 0.13, "wspace": 0.24})  # fmt: skip
+    n = min(len(t) for t in trials)
+    steps = [r["step"] for r in trials[0][:n]]
+    for ax, metric in zip(axes, PANELS, strict=True):
+        for split, label in (("train", "training"), ("val", "validation")):
+            values = np.array([[r[f"{split}_{metric}"] for r in t[:n]] for t in trials], float)
+            band(ax, steps, values, label)
+        ax.set(xlabel="update step", ylabel=metric, title=metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    fig.subplots_adjust(top=0.87 - 0.05 * title.count("\n"))
+    if path is not None:
+        _save(fig, path)
+    plt.close(fig)
+    return fig
+
+
+def band(ax, steps, values: np.ndarray, label: str) -> None:
+    """One line per split: a lone trial's values, or the mean +- 1 std band of several."""
+    if len(values) == 1:
+        ax.plot(steps, values[0], marker=".", label=label)
+        return
+    mean, std = values.mean(axis=0), values.std(axis=0, ddof=1)
+    (line,) = ax.plot(steps, mean, marker=".", label=f"{label}, mean ± 1 std of {len(values)}")
+    ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.25, lw=0)
+
+
+def png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
 
 
 def confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> None:
@@ -113,27 +231,31 @@ def confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) ->
     plt.close(fig)
 
 
-def search_scatter(rows: list[dict], search: dict, path: Path) -> None:
-    """Validation accuracy against each searched value (log axis for log-uniform keys)."""
+def search_scatter(rows: list[dict], search: dict, path: Path | None, name: str | None = None):
+    """Validation accuracy against each searched value (log axis for log-uniform keys); the
+    best trial (rows[0]: they come ranked) starred and named in the legend and the title.
+    Written to `path` when given; `name`: the search's (default: that of path's folder)."""
     plt = pyplot()
     keys = list(search["space"])
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False,
-                             layout="constrained")
-    metric = search["metric"]
-    for ax, key in zip(axes[0], keys, strict=True):
-        xs = [r["params"][key] for r in rows]
-        if "choice" in search["space"][key]:
-            xs = [str(x) for x in xs]
-        if "grid" in search["space"][key]:
-            xs = grid_positions(ax, search["space"][key]["grid"], xs)
-        ax.scatter(xs, [r[metric] for r in rows], s=18)
-        if "log_uniform" in search["space"][key]:
-            ax.set_xscale("log")
-        ax.set(xlabel=key, ylabel=metric)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{len(rows)} completed trials")
-    _save(fig, path)
+    cols = 2 if len(keys) == 4 else min(3, len(keys))  # more keys: more rows, not a strip
+    nrows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols + 1, 3.4 * nrows + 0.8),
+                             squeeze=False, layout="constrained")  # fmt: skip
+    for ax in axes.flat[len(keys):]:
+        ax.set_axis_off()
+    metric, best = search["metric"], rows[0]
+    for ax, key in zip(axes.flat, keys, strict=False):
+        search_panel(ax, key, search["space"][key], rows, metric)
+    values = ", ".join(f"{k} {best['params'][k]:.3g}" if isinstance(best["params"][k], float)
+                       else f"{k} {best['params'][k]}" for k in keys)  # fmt: skip
+    name = name or run_name(path.parent)
+    fig.suptitle(title_lines(f"{name} · {len(rows)} completed trials", f"best: trial "
+                             f"{best['trial']}, {metric} {best[metric]:.4f} ({values})",
+                             40 + 45 * cols), fontsize=11)  # fmt: skip
+    if path is not None:
+        _save(fig, path)
     plt.close(fig)
+    return fig
 
 
 def grid_positions(ax, values: list, xs: list) -> list[float]:
@@ -155,16 +277,62 @@ def grid_positions(ax, values: list, xs: list) -> list[float]:
     return out
 
 
-def lrrange(rows: list[dict], s: dict, log_x: bool, path: Path) -> None:
-    """Accuracy and loss against the learning rate, with the suggested eta_min / eta_max."""
+def search_panel(ax, key: str, space: dict, rows: list[dict], metric: str) -> None:
+    """One searched key: every trial's metric against its value, the best one starred."""
+    choice = "choice" in space
+    xs = [str(r["params"][key]) if choice else r["params"][key] for r in rows]
+    if "grid" in space:
+        xs = grid_positions(ax, space["grid"], xs)
+    if choice:  # categories in the config's order, not in the ranking's
+        ax.plot([str(c) for c in space["choice"]], [np.nan] * len(space["choice"]), ls="")
+    ax.scatter(xs, [r[metric] for r in rows], s=18, label="trials")
+    ax.scatter(xs[:1], [rows[0][metric]], marker="*", s=260, color="tab:red", zorder=3,
+               edgecolors="black", linewidths=0.6, label=f"best (trial {rows[0]['trial']})")
+    if "log_uniform" in space:
+        log_axis(ax, [min(xs), max(xs)])  # the trials' range (a refined search's is narrower)
+    ax.set(xlabel=key, ylabel=metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+
+
+def log_axis(ax, bounds: list[float]) -> None:
+    """A log x axis; over less than a decade, plain numbers at a few ticks (matplotlib's
+    minor labels like 2.8x10^-3 would run into each other)."""
+    from matplotlib import ticker
+
+    ax.set_xscale("log")
+    if bounds[0] > 0 and bounds[1] / bounds[0] < 10:
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.2g}"))
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(5))
+
+
+def loss_limits(losses) -> tuple[float, float]:
+    """The loss panel's y range: from the lowest loss to 1.5x the initial one (capped at the
+    highest), so the divergent tail of the sweep does not squash the useful part."""
+    finite = np.asarray([v for v in losses if np.isfinite(v)], float)
+    if not finite.size:
+        return 0.0, 1.0
+    top = min(finite.max(), 1.5 * finite[: max(1, len(finite) // 20)].max())
+    low = finite.min()
+    pad = 0.05 * (top - low or 1.0)
+    return float(low - pad), float(top + pad)
+
+
+def lrrange(rows: list[dict], s: dict, log_x: bool, path: Path | None,
+            title: str = "LR range test"):  # fmt: skip
+    """Accuracy and loss against the learning rate, with the suggested eta_min / eta_max; the
+    loss axis stops at 1.5x the initial loss and the diverged tail beyond it is shaded."""
     plt = pyplot()
     lrs = [r["lr"] for r in rows]
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.4), layout="constrained")
     for split, label in (("train", "training (subset)"), ("val", "validation")):
         acc_ax.plot(lrs, [r[f"{split}_accuracy"] for r in rows], ".-", ms=3, label=label)
         loss_ax.plot(lrs, [r[f"{split}_loss"] for r in rows], ".-", ms=3, label=label)
     acc_ax.plot(lrs, s["smoothed_val_accuracy"], "k-", lw=1.5, label="validation, smoothed")
-    loss_ax.set_yscale("log")  # the last points of a sweep explode
+    low, top = loss_limits([r["val_loss"] for r in rows] + [r["train_loss"] for r in rows])
+    loss_ax.set_ylim(low, top)
+    mark_diverged(loss_ax, rows, top)
     for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
         for key, color in (("eta_min", "tab:green"), ("eta_max", "tab:red")):
             ax.axvline(s[key], color=color, ls="--", label=f"{key} = {s[key]:.3g}")
@@ -172,7 +340,22 @@ def lrrange(rows: list[dict], s: dict, log_x: bool, path: Path) -> None:
             ax.set_xscale("log")
         ax.set(xlabel="learning rate", ylabel=metric)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("LR range test")
-    _save(fig, path)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(title, fontsize=11)
+    if path is not None:
+        _save(fig, path)
     plt.close(fig)
+    return fig
+
+
+def mark_diverged(ax, rows: list[dict], top: float) -> None:
+    """Shade the learning rates past the first one whose validation loss exceeds `top` (or is
+    not finite), and put a marker on the axis' top edge for each point clipped there."""
+    losses = np.nan_to_num([r["val_loss"] for r in rows], nan=np.inf)
+    after = rows[int(np.argmin(losses)):]  # the tail past the lowest loss
+    over = [r["lr"] for r in after if not np.isfinite(r["val_loss"]) or r["val_loss"] > top]
+    if not over:
+        return
+    ax.axvspan(over[0], rows[-1]["lr"], color="0.5", alpha=0.3,
+               label=f"diverged (loss > {top:.3g})")  # fmt: skip
+    ax.plot(over, [top] * len(over), "v", color="0.3", ms=6, clip_on=False)

@@ -23,6 +23,7 @@ import csv
 import html
 import json
 import os
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ from .errors import RunError
 ROOT = items.ROOT
 ORDER = ("Table 1", "Table 2", "Table 3", "The tuned network", "LR range", "Bonus", "Table 4",
          "Beyond")  # fmt: skip
-FIGURES = {"train": ("accuracy.png", "loss.png", "cost.png"), "search": ("search.png",),
-           "lrrange": ("lrrange.png",), "gradcheck": ()}  # fmt: skip
+# A train run's figure is drawn from its metrics (render_figures); the others' are copied.
+FIGURES = {"train": (), "search": ("search.png",), "lrrange": ("lrrange.png",), "gradcheck": ()}
+CURVES = "curves.png"  # a train item's loss / cost / accuracy panels
 
 
 class Skipped(Exception):
@@ -68,6 +70,8 @@ class Item:
     modified: list[str] = field(default_factory=list)  # how the run differs from the item
     rows: list[Row] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)
+    cfg: object = None  # the run's config (titles of its figure)
+    images: list[tuple[str, bytes]] = field(default_factory=list)  # render_figures: (name, png)
 
     @property
     def misses(self) -> int:
@@ -104,7 +108,7 @@ def load_item(run: Path) -> Item:
     expected = expected_for(run, summary, cfg)
     if expected is None:
         raise Skipped(f"{run}: its config has no expected: block (nothing to compare with)")
-    item = Item(run, summary, expected, seeds=seeds_of(summary))
+    item = Item(run, summary, expected, seeds=seeds_of(summary), cfg=cfg)
     shipped = items.item_config(expected.item)
     if shipped is not None:  # the study's numbers from their one place, the shipped config
         item.expected = shipped.expected
@@ -114,8 +118,15 @@ def load_item(run: Path) -> Item:
     if item.modified:
         for r in item.rows:
             r.ok = None  # shown, never counted
-    item.figures = [run / f for f in FIGURES.get(command, ()) if (run / f).is_file()]
+    item.figures = figure_files(run, FIGURES.get(command, ()))
     return item
+
+
+def figure_files(run: Path, names) -> list[Path]:
+    """The run's own figures; a repeat run's (lrrange --repeat): those of its first seed."""
+    found = [run / f if (run / f).is_file() else next(iter(sorted(run.glob(f"repeats/*/{f}"))),
+                                                      None) for f in names]  # fmt: skip
+    return [f for f in found if f is not None]
 
 
 def read_summary(run: Path) -> dict:
@@ -258,6 +269,83 @@ def ratio_ok(ours, study, factor: float) -> bool | None:
     return None if ours is None else 1 / factor <= ours / study <= factor
 
 
+# ---------------------------------------------------------------- figures
+
+
+def render_figures(item: Item) -> list[tuple[str, bytes]]:
+    """(name, PNG bytes) of an item's figures: a train run's loss, cost and accuracy side by
+    side like the study's figures (a `--repeat` run's: mean +- 1 std over its seeds), drawn
+    from its metrics.csv; the other runs' own figures as they are."""
+    from . import plots
+
+    if item.summary.get("command") == "search":
+        done = search_results(item)
+        if done:
+            fig = plots.search_scatter(done, item.cfg.search.model_dump(exclude_none=True), None,
+                                       plots.run_name(item.run))  # fmt: skip
+            return [("search.png", plots.png_bytes(fig))]
+    if item.summary.get("command") == "lrrange":
+        return lrrange_figure(item) or [(f.name, f.read_bytes()) for f in item.figures]
+    trials = train_metrics(item.run) if item.summary.get("command") == "train" else []
+    if not trials:
+        return [(f.name, f.read_bytes()) for f in item.figures]
+
+    seeds = f" · mean ± std over {len(trials)} seeds" if len(trials) > 1 else ""
+    title = plots.title_lines(f"{plots.run_name(item.run)}{seeds}", plots.settings(item.cfg),
+                              110)  # fmt: skip
+    return [(CURVES, plots.png_bytes(plots.panels(trials, title)))]
+
+
+def lrrange_figure(item: Item) -> list[tuple[str, bytes]]:
+    """The LR range test's plot redrawn from its lrrange.csv (a `--repeat` run's: its first
+    seed's sweep), with the rates the run suggests (over all its seeds); [] when unreadable."""
+    from . import lrrange, plots
+
+    files = sorted(item.run.glob("repeats/*/lrrange.csv")) or [item.run / "lrrange.csv"]
+    try:
+        with open(files[0], newline="") as f:
+            rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        s = {**lrrange.suggest(rows, item.cfg.lrrange.smooth), **item.summary["suggestion"]}
+    except (OSError, ValueError, KeyError, IndexError, RunError):
+        return []
+    seeds = f" · sweep of seed {files[0].parent.name}" if len(files) > 1 else ""
+    title = plots.lrrange_title(item.run, item.cfg).replace("\n", f"{seeds}\n", 1)
+    fig = plots.lrrange(rows, s, item.cfg.lrrange.mode == "exponential", None, title)
+    return [("lrrange.png", plots.png_bytes(fig))]
+
+
+def search_results(item: Item) -> list[dict]:
+    """A search's ranked completed trials from its results.csv, as plots.search_scatter takes
+    them ([] for a file it cannot read: the search's own search.png is shown instead)."""
+    space, metric = item.cfg.search.space, item.cfg.search.metric
+    try:
+        with open(item.run / "results.csv", newline="") as f:
+            done = [r for r in csv.DictReader(f) if r["status"] == "completed" and r[metric]]
+        return [{"trial": int(r["trial"]), metric: float(r[metric]),
+                 "params": {k: r[k] if space[k].choice else float(r[k]) for k in space}}
+                for r in done]  # fmt: skip
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def train_metrics(run: Path) -> list[list[dict]]:
+    """The metric rows of a train run: [its own], or one list per seed of a `--repeat` run;
+    [] when a file is missing or unreadable (the report then shows no curves)."""
+    files = sorted((run / "repeats").glob("*/metrics.csv")) or [run / "metrics.csv"]
+    try:
+        return [read_metrics(f) for f in files if f.is_file()]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def read_metrics(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -314,7 +402,7 @@ def markdown(items_: list[Item], out: Path, meta: dict) -> str:
         if it.modified:
             lines += [f"**Modified** (not counted): {', '.join(it.modified)}.", ""]
         if it.expected.source:
-            lines += [f"Study: {it.expected.source}. Run: `{command_line(it.summary)}`"
+            lines += [f"Study: {it.expected.source}. Run: `{command_line(it.summary, it.run)}`"
                       f" ({it.seeds} seed{'s' if it.seeds > 1 else ''})", ""]  # fmt: skip
         lines += ["| | ours | study | difference | |", "|---|---|---|---|---|"]
         for r in it.rows:
@@ -324,7 +412,7 @@ def markdown(items_: list[Item], out: Path, meta: dict) -> str:
                          f"{mark} |")  # fmt: skip
         if it.expected.note:
             lines += ["", f"Note: {it.expected.note}"]
-        lines += [""] + [f"![{f.name}](figures/{figure_name(it, f)})" for f in it.figures]
+        lines += [""] + [f"![{name}](figures/{figure_name(it, name)})" for name, _ in it.images]
     lines += skipped_md(meta["skipped"]) + performance_md(meta["benchmarks"]) + runs_md(items_, out)
     return "\n".join(lines) + "\n"
 
@@ -342,13 +430,18 @@ def run_facts(item: Item) -> list[str]:
     return [item.run.name, s.get("command", ""), f"{s.get('seconds') or 0:.1f} s",
             f"{data.get('source', '-')} ({data.get('format', '-')})" if data else "-",
             machine.one_line(m) if m else "-", s.get("versions", {}).get("cifar2l", "-"),
-            command_line(s)]  # fmt: skip
+            command_line(s, item.run)]  # fmt: skip
 
 
-def command_line(summary: dict) -> str:
-    """The command as typed: `cifar2l train ...` (argv[0] is the entry point or __main__.py)."""
+def command_line(summary: dict, run: Path | None = None) -> str:
+    """The command as typed: `cifar2l train ...`, the first line of the run's command.txt (a
+    resumed run's later lines are its resumes), else its summary's argv; either way with the
+    program as the user names it (runs.as_typed: never the interpreter or __main__.py)."""
+    with _suppress():
+        first = (Path(run) / "command.txt").read_text().splitlines()[0]
+        return runs.as_typed(shlex.split(first))
     argv = summary.get("argv") or []
-    return shlex.join(["cifar2l", *argv[1:]]) if argv else "-"
+    return runs.as_typed(argv) if argv else "-"
 
 
 RUN_COLUMNS = ["run", "command", "wall time", "data", "machine", "cifar2l", "command line"]
@@ -411,54 +504,173 @@ def performance_md(tables: list[dict]) -> list[str]:
     return lines
 
 
-def figure_name(item: Item, fig: Path) -> str:
-    return f"{item.run.name}-{fig.name}"
+def figure_name(item: Item, name: str) -> str:
+    return f"{item.run.name}-{name}"
 
 
 # ---------------------------------------------------------------- html
 
+STYLE = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;
+ max-width:1240px;margin:0 auto;padding:24px 32px 64px;background:#fff}
+h1{font-size:28px;margin:0 0 4px}h2{font-size:21px;margin:36px 0 8px;padding-top:8px;
+ border-top:1px solid #d0d7de}h3{font-size:16px;margin:20px 0 6px}
+.meta,.run{color:#57606a;font-size:13.5px;margin:4px 0}
+table{border-collapse:collapse;margin:10px 0 14px;font-size:14px}
+th,td{padding:5px 12px;text-align:left;border-bottom:1px solid #e6e8eb;vertical-align:top}
+th{background:#f6f8fa;font-weight:600;border-bottom:2px solid #d0d7de;white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tbody tr:hover{background:#f6f8fa}
+a{color:#0969da;text-decoration:none}a:hover{text-decoration:underline}
+code{font:12.5px ui-monospace,SFMono-Regular,Menlo,monospace;background:#f6f8fa;
+ padding:1px 5px;border-radius:4px;overflow-wrap:anywhere}
+pre{font:12.5px/1.45 ui-monospace,SFMono-Regular,Menlo,monospace;background:#f6f8fa;
+ padding:12px;border-radius:6px;overflow-x:auto}
+.badge{display:inline-block;padding:1px 9px;border-radius:10px;font-size:12.5px;
+ font-weight:600;vertical-align:middle}
+.ok{background:#dafbe1;color:#116329}.MISS{background:#ffebe9;color:#a40e26}
+.explained{background:#fff8c5;color:#7d4e00}.modified{background:#eaeef2;color:#57606a}
+.note{background:#fff8c5;border-left:4px solid #d4a72c;padding:8px 12px;margin:10px 0;
+ font-size:14px}.warn{background:#ffebe9;border-left:4px solid #cf222e;padding:8px 12px}
+figure{margin:12px 0}figure img{max-width:100%;height:auto;border:1px solid #e6e8eb;
+ border-radius:4px}figcaption{color:#57606a;font-size:13px}
+.item{scroll-margin-top:12px}.nowrap{white-space:nowrap}.small{font-size:12.5px}
+.wide{overflow-x:auto}.top{font-size:13px;float:right;font-weight:normal}
+"""
 
-def item_html(it: Item, out: Path) -> str:
+
+def anchor(index: int, item: Item) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", item.label.lower()).strip("-")
+    return f"item-{index + 1}-{slug}"
+
+
+def badge(status: str) -> str:
+    return f"<span class='badge {html.escape(status)}'>{html.escape(status)}</span>"
+
+
+def headline(item: Item) -> str:
+    """The summary's first comparable row: ours and the study's, side by side."""
+    row = next((r for r in item.rows if r.ok is not None), None)  # a judged row
+    row = row or next((r for r in item.rows if r.study is not None), None)
+    if row is None:
+        return "-"
+    return (f"{html.escape(row.label)}: <b>{html.escape(fmt(row.ours, row.kind, row.std))}</b>"
+            f" vs {html.escape(fmt(row.study, row.kind))}")  # fmt: skip
+
+
+def summary_html(items_: list[Item], out: Path) -> str:
+    esc = html.escape
+    body = "".join(
+        f"<tr><td><a href='#{anchor(i, it)}'>{esc(it.label)}</a></td>"
+        f"<td class='num'>{esc(seeds_cell(it))}</td><td class='num'>"
+        f"{sum(r.ok is True for r in it.rows)} / {sum(r.ok is not None for r in it.rows)}</td>"
+        f"<td>{badge(it.status)}</td><td>{headline(it)}</td>"
+        f"<td class='num'>{it.summary.get('seconds') or 0:.1f} s</td></tr>"
+        for i, it in enumerate(items_))  # fmt: skip
+    head = "".join(f"<th>{c}</th>" for c in ("item", "seeds", "rows ok", "status",
+                                             "ours vs study", "wall time"))
+    return (f"<h2 id='summary'>Summary</h2><table class='summary'><thead><tr>{head}</tr>"
+            f"</thead><tbody>{body}</tbody></table>")  # fmt: skip
+
+
+def rows_html(it: Item, href: str) -> str:
+    esc = html.escape
+    cells = "".join(
+        f"<tr><td>{esc(r.label)}</td><td class='num'><a href='{href}'>"
+        f"{esc(fmt(r.ours, r.kind, r.std))}</a></td><td class='num'>{esc(fmt(r.study, r.kind))}"
+        f"</td><td class='num'>{'' if r.difference is None else f'{r.difference:+.4f}'}</td>"
+        f"<td>{ {True: badge('ok'), False: badge('MISS'), None: ''}[r.ok]}</td></tr>"
+        for r in it.rows)  # fmt: skip
+    return ("<table class='compare'><thead><tr><th></th><th>ours</th><th>study</th>"
+            f"<th>difference</th><th></th></tr></thead><tbody>{cells}</tbody></table>")
+
+
+def item_html(index: int, it: Item, out: Path) -> str:
     esc = html.escape
     href = esc(os.path.relpath(it.run, out))
-    rows = "".join(
-        f"<tr><td>{esc(r.label)}</td><td><a href='{href}'>{esc(fmt(r.ours, r.kind, r.std))}"
-        f"</a></td><td>{fmt(r.study, r.kind)}</td><td>"
-        f"{'' if r.difference is None else f'{r.difference:+.4f}'}</td>"
-        f"<td>{ {True: 'ok', False: '<b>MISS</b>', None: ''}[r.ok]}</td></tr>"
-        for r in it.rows)  # fmt: skip
-    note = f"<p>Note: {esc(it.expected.note)}</p>" if it.expected.note else ""
-    mod = (f"<p><b>Modified</b> (not counted): {esc(', '.join(it.modified))}</p>"
+    seeds = f"{it.seeds} seed{'s' * (it.seeds > 1)}"
+    study = f"Study: {esc(it.expected.source)}. " if it.expected.source else ""
+    mod = (f"<p class='warn'><b>Modified</b> (not counted): {esc(', '.join(it.modified))}</p>"
            if it.modified else "")  # fmt: skip
-    imgs = "".join(f"<img alt='{esc(f.name)}' width='480' src='data:image/png;base64,"
-                   f"{base64.b64encode(f.read_bytes()).decode()}'>" for f in it.figures)
-    return (f"<h2>{esc(it.label)} ({esc(it.status)})</h2>{mod}<p>run <a href='{href}'>"
-            f"{esc(it.run.name)}</a>, {it.seeds} seed(s), {it.summary.get('seconds') or 0:.1f} s"
-            f"</p><table border='1'><tr><th></th><th>ours</th><th>study</th><th>difference</th>"
-            f"<th></th></tr>{rows}</table>{note}{imgs}")  # fmt: skip
+    note = f"<p class='note'>Note: {esc(it.expected.note)}</p>" if it.expected.note else ""
+    imgs = "".join(f"<figure><img alt='{esc(it.label)}: {esc(name)}' src='data:image/png;"
+                   f"base64,{base64.b64encode(png).decode()}'><figcaption>{esc(name)} of "
+                   f"<a href='{href}'>{esc(it.run.name)}</a></figcaption></figure>"
+                   for name, png in it.images)  # fmt: skip
+    return (f"<section class='item' id='{anchor(index, it)}'><h2>{esc(it.label)} "
+            f"{badge(it.status)}<a class='top' href='#summary'>summary ↑</a></h2>{mod}"
+            f"<p class='run'>{study}Run: <code>{esc(command_line(it.summary, it.run))}</code>"
+            f" ({seeds}, {it.summary.get('seconds') or 0:.1f} s) in <a href='{href}'>"
+            f"{esc(it.run.name)}</a></p>{rows_html(it, href)}{note}{imgs}</section>")
 
 
-def to_html(items_: list[Item], out: Path, meta: dict) -> str:
-    """A self-contained page: the same tables, figures inlined as data URIs."""
+def tail_html(items_: list[Item], meta: dict) -> str:
+    """Skipped runs, the benchmark tables and the runs' facts, after the items."""
     esc = html.escape
-    parts = [f"<h1>Reproduction report</h1><p>Generated {esc(meta['date'])} by cifar2l "
-             f"{esc(meta['version'])} on {esc(meta['machine'])}. Data: {esc(meta['data'])}.</p>"
-             "<p>Ours: mean ± std over each item's seeds; ok when |mean - study| <= "
-             "max(tolerance, 2 std).</p>"]  # fmt: skip
-    parts += [item_html(it, out) for it in items_]
+    parts = []
     if meta["skipped"]:
         parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{esc(n)}</li>"
                                                       for n in meta["skipped"]) + "</ul>")
+    parts.append("<h2>Performance benchmarks</h2>")
     for b in meta["benchmarks"]:
-        body = (f"<p><i>{esc(b['label'])}</i></p><pre>{esc(b['text'])}</pre>" if b["text"]
+        body = (f"<p class='meta'>{esc(b['label'])}</p>{md_blocks(b['text'])}" if b["text"]
                 else f"<p>Not measured (no benchmarks/{esc(b['name'])}).</p>")  # fmt: skip
-        parts.append(f"<h2>Performance benchmarks, {b['title']}</h2>{body}")
-    cells = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in run_facts(it)) + "</tr>"
-                    for it in items_)  # fmt: skip
+        parts.append(f"<h3>{b['title']} (benchmarks/{esc(b['name'])})</h3>{body}")
+    parts.append(runs_html(items_))
+    return "".join(parts)
+
+
+def runs_html(items_: list[Item]) -> str:
+    esc = html.escape
+    cells = "".join(
+        f"<tr><td class='nowrap'>{esc(f[0])}</td><td>{esc(f[1])}</td><td class='num'>"
+        f"{esc(f[2])}</td><td class='small'>{esc(f[3])}</td><td class='small'>{esc(f[4])}</td>"
+        f"<td>{esc(f[5])}</td><td><code>{esc(f[6])}</code></td></tr>"
+        for f in map(run_facts, items_))  # fmt: skip
     head = "".join(f"<th>{esc(c)}</th>" for c in RUN_COLUMNS)
-    parts.append(f"<h2>Runs</h2><table border='1'><tr>{head}</tr>{cells}</table>")
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>cifar2l reproduction "
-            f"report</title></head><body>{''.join(parts)}</body></html>\n")
+    return (f"<h2>Runs</h2><div class='wide'><table><thead><tr>{head}</tr></thead><tbody>"
+            f"{cells}</tbody></table></div>")
+
+
+def md_blocks(text: str) -> str:
+    """A benchmark file's markdown (paragraphs and pipe tables) as HTML."""
+    out = []
+    for block in re.split(r"\n\s*\n", text.strip()):
+        lines = block.splitlines()
+        if not all(line.startswith("|") for line in lines):
+            out.append(f"<p>{md_inline(' '.join(lines))}</p>")
+            continue
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines
+                if not re.fullmatch(r"[|\s:-]+", line)]  # fmt: skip
+        head = "".join(f"<th>{md_inline(c)}</th>" for c in rows[0])
+        body = "".join("<tr>" + "".join(f"<td>{md_inline(c)}</td>" for c in r) + "</tr>"
+                       for r in rows[1:])  # fmt: skip
+        out.append(f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}"
+                   "</tbody></table></div>")
+    return "".join(out)
+
+
+def md_inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+
+
+def to_html(items_: list[Item], out: Path, meta: dict) -> str:
+    """One self-contained page (inline stylesheet, figures as data URIs, no external URL):
+    the summary table first, linking each item's section; then the items, in order."""
+    esc = html.escape
+    intro = (f"<h1>Reproduction report</h1><p class='meta'>Generated {esc(meta['date'])} by "
+             f"cifar2l {esc(meta['version'])} on {esc(meta['machine'])}. Data: "
+             f"{esc(meta['data'])}.</p><p>Ours: the mean ± standard deviation over each "
+             "item's initialisation seeds. A row is ok when |mean - study| &lt;= "
+             "max(tolerance, 2 std); <i>explained</i> items carry a note; a <i>modified</i> "
+             "run differs from the item's shipped config and is not counted.</p>")  # fmt: skip
+    items_part = "".join(item_html(i, it, out) for i, it in enumerate(items_))
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
+            "content='width=device-width,initial-scale=1'><title>cifar2l reproduction report"
+            f"</title><style>{STYLE}</style></head><body>{intro}{summary_html(items_, out)}"
+            f"{items_part}{tail_html(items_, meta)}</body></html>\n")
 
 
 # ---------------------------------------------------------------- the command
@@ -503,10 +715,12 @@ def run_report(run_dirs: list[Path], out: Path) -> dict:
 
 def write_report(out: Path, found: list[Item], meta: dict) -> None:
     runs.check_path_length(out, "--out")
+    for it in found:  # drawn before anything is written
+        it.images = render_figures(it)
     with runs.writing(out / "figures"):  # --out read-only, a file, or under a file
         (out / "figures").mkdir(parents=True, exist_ok=True)
     for it in found:
-        for f in it.figures:
-            runs.atomic_write(out / "figures" / figure_name(it, f), f.read_bytes())
+        for name, png in it.images:
+            runs.atomic_write(out / "figures" / figure_name(it, name), png)
     runs.atomic_write(out / "REPORT.md", markdown(found, out, meta))
     runs.atomic_write(out / "report.html", to_html(found, out, meta))

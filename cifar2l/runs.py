@@ -255,10 +255,22 @@ def base_summary(command: str, run_dir: Path, seed: int) -> dict:
     }
 
 
-def write_command(run_dir: Path, append: bool = False) -> None:
+def as_typed(argv: list[str]) -> str:
+    """A command line as the user types it: `cifar2l train configs/default.yaml ...`, whether
+    it ran as the console script (argv[0] .venv/bin/cifar2l), as `python -m cifar2l` (argv[0]
+    .../cifar2l/__main__.py) or is an old record with the interpreter in front of either."""
     import shlex
 
-    line = shlex.join(["cifar2l", *sys.argv[1:]]) + "\n"
+    words = list(argv)
+    if words and Path(words[0]).name.startswith("python"):  # an interpreter in front
+        words = words[1:]
+        if words[:1] == ["-m"]:  # python -m cifar2l ...
+            words = words[1:]
+    return shlex.join(["cifar2l", *words[1:]])  # words[0]: the program, whatever its path
+
+
+def write_command(run_dir: Path, append: bool = False) -> None:
+    line = as_typed(sys.argv) + "\n"
     before = (run_dir / "command.txt").read_text() if append else ""
     atomic_write(run_dir / "command.txt", before + line)
 

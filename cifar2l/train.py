@@ -168,7 +168,7 @@ def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock
             final = final_metrics(params, prep, cfg.optim.lambda_)[0]
     with clock("io"):
         save_weights(run.path / "weights.npz", params, prep, config_text)
-        plots.training_plots(rows, make_schedule(cfg.schedule), total, run.path)
+        plots.training_plots(rows, make_schedule(cfg.schedule), total, run.path, cfg)
         if total in loop.snapshot_steps(cfg):
             ensemble.save_snapshot(run.path, total, params, prep, config_text)
     if loop.snapshot_steps(cfg):
@@ -353,10 +353,22 @@ def train_into(run, cfg, prep, config_text: str, clock, repeat: int, resume=None
     with checkpoint.deferred_signals():
         state = train_repeats(job, resume)
         subs = finish_trials(job, state, share=True)
+        with clock("io"):
+            mean_plot(run.path, cfg, state.rows)
         checkpoint.take_pending()  # came while finishing: the run is complete anyway
     run.summary.update(repeat_summary(subs, seeds, clock), fused=True, data=data_summary(prep))
     (run.path / checkpoint.NAME).unlink(missing_ok=True)
     return None
+
+
+REPEAT_PLOT = "curves.png"
+
+
+def mean_plot(run_dir: Path, cfg, rows: list[list[dict]]) -> None:
+    """A repeat run's curves.png: loss, cost and accuracy over its seeds, mean +- 1 std."""
+    title = plots.title_lines(f"{plots.run_name(run_dir)} · mean ± std over {len(rows)} seeds",
+                              plots.settings(cfg), 110)  # fmt: skip
+    plots.panels(rows, title, run_dir / REPEAT_PLOT)
 
 
 def train_repeats(job: Job, resume=None) -> loop.TrainState:

@@ -37,11 +37,11 @@ def test_report_compares_marks_and_links(tmp_path, official_dir):
     assert "| test accuracy (target >= 2.0) |" in md and "**MISS**" in md
     assert "Note: a reason" in md and "## Runs" in md and "## Performance benchmarks" in md
     assert summary["data"]["source"] in md  # the data source is recorded
-    for fig in ("accuracy.png", "loss.png", "cost.png"):
-        assert (out / "figures" / f"{run.name}-{fig}").is_file()
-        assert f"(figures/{run.name}-{fig})" in md
+    # one figure per train item: loss, cost and accuracy side by side, drawn from metrics.csv
+    assert (out / "figures" / f"{run.name}-curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"(figures/{run.name}-curves.png)" in md
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<img alt='accuracy.png'" in page
+    assert page.count("data:image/png;base64,") == 1 and "<img alt='Table 2: smoke" in page
     assert "src='figures" not in page  # self-contained
 
 
