@@ -63,17 +63,24 @@ def load(path: Path, label: str) -> Compared:
     if summary is None:
         raise ConfigError(f"{shown(path)}: not a run directory (no readable summary.json)")
     source, numbers = catalog.headline(path, summary) or (path, summary)
-    return Compared(label, path, summary, run_config(source), read_curves(source, numbers))
+    config = run_config(source, numbers.get("command"))
+    return Compared(label, path, summary, config, read_curves(source, numbers))
 
 
-def run_config(path: Path) -> dict:
-    """The run's config.yaml as dotted keys (the study's `expected:` left out); {} when it has
-    none or it cannot be read."""
+# Config sections only their own command reads: a train run's `search:` defaults (or a
+# search's best trial's) are no difference between two trainings.
+COMMAND_SECTIONS = ("search", "lrrange", "gradcheck")
+
+
+def run_config(path: Path, command: str | None = None) -> dict:
+    """The run's config.yaml as dotted keys, without the study's `expected:` and the sections
+    of other commands than `command`; {} when it has none or it cannot be read."""
     try:
         flat = catalog.flat_config(path / "config.yaml")
     except ConfigError:
         return {}
-    return {k: v for k, v in flat.items() if k.split(".")[0] not in catalog.IGNORED}
+    drop = set(catalog.IGNORED) | (set(COMMAND_SECTIONS) - {command})
+    return {k: v for k, v in flat.items() if k.split(".")[0] not in drop}
 
 
 def metrics_files(path: Path, summary: dict) -> list[Path]:

@@ -230,6 +230,23 @@ def test_compare_shows_only_the_keys_that_differ(made, tmp_path):
     assert "TTA test" not in final  # no run has one
 
 
+def test_compare_leaves_out_the_sections_of_other_commands(made, tmp_path):
+    """A train run's `search:` / `lrrange:` sections are no setting of that training (and a
+    search is compared as its best trial): two trainings that differ only there are equal."""
+    import yaml
+
+    copy = tmp_path / "20260101-000002-train-other-sections"
+    shutil.copytree(made.one, copy)
+    doc = yaml.safe_load((copy / "config.yaml").read_text())
+    doc["search"] = {**doc.get("search", {}), "trials": 3}
+    doc["lrrange"] = {**doc.get("lrrange", {}), "epochs": 2}
+    (copy / "config.yaml").write_text(yaml.safe_dump(doc))
+    result = ok("compare", made.one, copy, made.search, "--out", tmp_path / "out", "--json")
+    keys = [row[0] for row in json.loads(result.stdout)["differences"]]
+    assert "optim.lambda" in keys  # the search's best trial differs from `one` there
+    assert not [k for k in keys if k.split(".")[0] in ("search", "lrrange", "gradcheck")]
+
+
 def test_compare_runs_without_curves_and_a_chosen_metric(made, tmp_path):
     result = ok("compare", made.one, made.evaluate, "--metric", "val_loss", "--name", "ev",
                 "--out", tmp_path, "--json")  # fmt: skip
