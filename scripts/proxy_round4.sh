@@ -25,3 +25,5 @@ run width1536 --set model.hidden=1536 --set schedule.steps=2808 --set train.log_
 run width2048 --set model.hidden=2048 --set schedule.steps=2106 --set train.log_every=2106
 # Epochs: what 17% more updates (best.yaml at 70 epochs) would buy.
 run epochs14 --set schedule.steps=4914 --set train.log_every=4914
+# Input noise: Gaussian noise (std 0.1 whitened units) on half of each batch's rows.
+run noise01 --set augment.noise.fraction=0.5 --set augment.noise.std=0.1
