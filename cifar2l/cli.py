@@ -21,7 +21,7 @@ from .usage_errors import OneLineUsageErrors
 
 app = typer.Typer(
     cls=OneLineUsageErrors,
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -95,7 +95,7 @@ def _execute(work, quiet: bool, as_json: bool, n_threads: int | None = None) -> 
         console.error(str(e))
         raise typer.Exit(e.exit_code) from None
     except Interrupted as e:
-        console.error(f"{e}; what was done is saved (resume a training run with --resume)")
+        console.error(e.message())
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         console.error("interrupted")

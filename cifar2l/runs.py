@@ -403,6 +403,8 @@ def _recorded(path: Path, command: str, cfg, config_text: str, started, fresh: b
         run.summary["seconds"] = round(time.perf_counter() - start, 3)
         save_last_summary(run)
         remove_own_temps(run.path)
+        if getattr(e, "status", None) == "interrupted":  # a signal: name where to go on
+            e.run_dir, e.resume = run.path, resume_command(run.path, run.summary)
         raise
     remove_stale_temps(run.path)  # a finished run keeps no leftovers of killed attempts
 
