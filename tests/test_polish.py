@@ -114,6 +114,9 @@ def test_resume_prints_the_header_again_and_ends_with_the_run_dir(tmp_path, args
 def test_every_run_dir_command_ends_with_its_run_dir(tmp_path, args):
     out = tmp_path / "runs"
     s = json.loads(ok("train", *args, "--out", out, "--json").stdout)
+    search = tmp_path / "search.yaml"
+    search.write_text(f"extends: {SMOKE}\nschedule: {{n_s: 5}}\nsearch:\n  trials: 2\n  space:\n"
+                      "    optim.lambda: {log_uniform: [1.0e-4, 1.0e-1]}\n")
     expected = "{item: 'Table 2: smoke', accuracy: {test: 0.1}, tolerance: 1.0}"
     commands = [
         ["train", *args, "--out", out],
@@ -122,6 +125,10 @@ def test_every_run_dir_command_ends_with_its_run_dir(tmp_path, args):
          "gradcheck.hidden=3", "--set", "model.hidden=4", "--set", "gradcheck.full_size_samples=1",
          "--set", "gradcheck.full_size_coords=2", "--out", out],
         ["evaluate", s["run_dir"], "--out", out],
+        ["lrrange", ROOT / "configs" / "lrrange-80.yaml", "--set", args[2], "--set",
+         "data.val_size=20", "--set", "lrrange.steps=40", "--set", "lrrange.eval_every=4",
+         "--set", "model.hidden=4", "--out", out],
+        ["search", search, "--set", args[2], "--out", out],
     ]  # fmt: skip
     for command in commands:
         res = invoke(*command)
