@@ -5,6 +5,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RUNS   ?= runs
+# The table targets reuse a finished run of each item under $(RUNS); FORCE=1 runs them again.
+FORCE_OPT := $(if $(FORCE),--force)
 
 .PHONY: setup train test table1 table2 table3 final lrrange bonus table4 best report bench lint clean
 
@@ -27,29 +29,30 @@ table1: $(STAMP)
 	$(BIN)/cifar2l gradcheck configs/gradcheck.yaml --out $(RUNS)
 
 table2: $(STAMP)
-	$(BIN)/python -m cifar2l.tables table2 --out $(RUNS)
+	$(BIN)/python -m cifar2l.tables table2 --out $(RUNS) $(FORCE_OPT)
 
 table3: $(STAMP)
-	$(BIN)/python -m cifar2l.tables table3 --out $(RUNS)
+	$(BIN)/python -m cifar2l.tables table3 --out $(RUNS) $(FORCE_OPT)
 
 final: $(STAMP)
-	$(BIN)/python -m cifar2l.tables final --out $(RUNS)
+	$(BIN)/python -m cifar2l.tables final --out $(RUNS) $(FORCE_OPT)
 
 lrrange: $(STAMP)
-	$(BIN)/python -m cifar2l.tables lrrange --out $(RUNS)
+	$(BIN)/python -m cifar2l.tables lrrange --out $(RUNS) $(FORCE_OPT)
 
 bonus: $(STAMP)
-	$(BIN)/python -m cifar2l.tables bonus --out $(RUNS)
+	$(BIN)/python -m cifar2l.tables bonus --out $(RUNS) $(FORCE_OPT)
 
 table4: $(STAMP)
-	$(BIN)/python -m cifar2l.tables table4 --out $(RUNS)
+	$(BIN)/python -m cifar2l.tables table4 --out $(RUNS) $(FORCE_OPT)
 
 best: $(STAMP)
-	$(BIN)/python -m cifar2l.tables best --out $(RUNS)
+	$(BIN)/python -m cifar2l.tables best --out $(RUNS) $(FORCE_OPT)
 
-# Runs every item that has no finished run under $(RUNS) yet, then writes report/.
+# Runs every item that has no finished run under $(RUNS) yet (FORCE=1: every item), then
+# writes report/.
 report: $(STAMP)
-	$(BIN)/python -m cifar2l.tables report --out $(RUNS)
+	$(BIN)/python -m cifar2l.tables report --out $(RUNS) $(FORCE_OPT)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

@@ -45,10 +45,26 @@ class Interrupted(BaseException):
         global _stopping
         super().__init__(f"interrupted by {signal.Signals(signum).name}")
         self.signum, self.state = signum, state  # state: the loop's, where it stopped
+        self.step = state.step if state is not None else None
+        # The run directory it stopped and the command that continues it (None: it cannot
+        # be resumed); runs.start_run sets them as the exception leaves each run it stops.
+        self.run_dir: Path | None = None
+        self.resume: str | None = None
         self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM
         # The command is stopping from here on: a second signal (a second Ctrl-C, a SIGTERM
         # sent to a whole process group) must not cut short the writing of what was done.
         _stopping = True
+
+    def message(self) -> str:
+        """The one line for the person who stopped the command: where it stopped and the
+        exact command that continues it."""
+        at = f" at step {self.step}" if self.step is not None else ""
+        if self.resume:
+            return f"{self}{at}; what was done is saved; resume with: {self.resume}"
+        if self.run_dir is not None:
+            return (f"{self}{at}; {self.run_dir} is marked interrupted (this command cannot "
+                    "be resumed: run it again)")
+        return f"{self}{at}"
 
 
 # The signal handler's state (a handler can be given none): a signal deferred to the next step

@@ -21,7 +21,7 @@ from .usage_errors import OneLineUsageErrors
 
 app = typer.Typer(
     cls=OneLineUsageErrors,
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -102,7 +102,7 @@ def _execute(work, quiet: bool, as_json: bool, n_threads: int | None = None) -> 
         console.error(str(e))
         raise typer.Exit(e.exit_code) from None
     except Interrupted as e:
-        console.error(f"{e}; what was done is saved (resume a training run with --resume)")
+        console.error(e.message())
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         console.error("interrupted")
@@ -122,9 +122,21 @@ def _execute(work, quiet: bool, as_json: bool, n_threads: int | None = None) -> 
         console.error(f"internal error: {type(e).__name__}: {e} (set CIFAR2L_DEBUG=1 to see more)")
         raise typer.Exit(1) from None
     if as_json:
-        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+        from .runs import rounded_floats
+
+        sys.stdout.write(json.dumps(rounded_floats(summary), default=str) + "\n")
+    _say_where(summary)
     if summary.get("passed") is False:
         raise typer.Exit(1)
+
+
+def _say_where(summary: dict) -> None:
+    """The run dir again as the last line (the one printed at the start has scrolled away);
+    console.log keeps it off --quiet and --json."""
+    if summary.get("run_dir"):
+        console.log(f"Run dir: {summary['run_dir']}")
+    elif summary.get("report"):  # report: its --out
+        console.log(f"Report dir: {Path(summary['report']).parent}")
 
 
 def _with_threads(work, n_threads: int | None):

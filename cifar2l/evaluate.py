@@ -124,13 +124,21 @@ def run_evaluate(target: Path, split: str, overrides: list[str], out, name: str 
         shown = name or plots.run_name(Path(target) if paths else w.path.parent)
         title = f"{shown} · {split} split · accuracy {result['accuracy']:.4f}"
         plots.confusion(cm, w.classes, run.path / "confusion.png", title)
-        run.summary.update(weights=str(w.path), split=split, **result)
+        run.summary.update(weights=str(w.path), split=split, **by_split(result, split))
         if paths:
             run.summary.update(weights=str(target), ensemble=[ens.member_step(p) for p in paths])
     what = f"snapshot ensemble of {len(paths)} in {target}" if paths else str(w.path)
-    show_result(result, split, what)
-    console.log(f"run dir: {run.path}")
+    show_result(result, split, what)  # the run dir follows (the CLI's last line)
     return run.summary
+
+
+def by_split(result: dict, split: str) -> dict:
+    """The summary's accuracies keyed by split, as train's are: `accuracy: {test: ...}`, and
+    with TTA `tta: {views, accuracy: {test: ...}, per_class_accuracy}`."""
+    out = {**result, "accuracy": {split: result["accuracy"]}}
+    if "tta" in result:
+        out["tta"] = {**result["tta"], "accuracy": {split: result["tta"]["accuracy"]}}
+    return out
 
 
 def show_result(result: dict, split: str, what: str) -> None:

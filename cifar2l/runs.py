@@ -6,6 +6,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import platform
 import re
@@ -206,13 +207,50 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             raise
 
 
+# Floats in the CSV and JSON files (and --json) have 10 significant digits: 0.040006, not
+# 0.04000600000000001. Far finer than any metric or hyperparameter needs, and still the same
+# bytes for equal runs. Nothing that must round-trip exactly (checkpoints, weights, the search
+# plan, config.yaml) goes through these writers.
+FLOAT_DIGITS = 10
+
+
+def rounded(x: float) -> float:
+    """x at FLOAT_DIGITS significant digits (nan and inf as they are)."""
+    return float(f"{x:.{FLOAT_DIGITS}g}") if math.isfinite(x) else float(x)
+
+
+def rounded_floats(obj):
+    """obj with every float in it (numpy's too, in dicts, lists and tuples) rounded."""
+    obj = python_scalar(obj)
+    if isinstance(obj, float):
+        return rounded(obj)
+    if isinstance(obj, dict):
+        return {k: rounded_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [rounded_floats(v) for v in obj]
+    return obj
+
+
+def python_scalar(v):
+    """A numpy scalar as the Python value it shows as (a float32 by its own shortest digits,
+    not its float64 expansion); anything else as it is."""
+    if isinstance(v, np.floating) and not isinstance(v, np.float64):
+        return float(str(v))
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def json_text(obj, **dumps) -> str:
+    """JSON of obj, floats rounded (rounded_floats), numpy scalars and paths as values."""
+    return json.dumps(rounded_floats(obj), default=_jsonable, **dumps)
+
+
 def write_json(path: Path, obj: dict) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    atomic_write(path, json_text(obj, indent=2) + "\n")
 
 
 def _jsonable(v):
     if isinstance(v, np.generic):
-        return v.item()
+        return rounded_floats(v)
     if isinstance(v, Path):
         return str(v)
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
@@ -276,11 +314,16 @@ def write_command(run_dir: Path, append: bool = False) -> None:
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    # repr() keeps every digit, so equal runs give byte-identical files.
+    # Floats at FLOAT_DIGITS significant digits: equal runs give byte-identical files.
     lines = [",".join(columns)]
-    lines += [",".join(repr(r[c]) if isinstance(r[c], float) else str(r[c]) for c in columns)
-              for r in rows]  # fmt: skip
+    lines += [",".join(csv_cell(r[c]) for c in columns) for r in rows]
     atomic_write(path, "\n".join(lines) + "\n")
+
+
+def csv_cell(v) -> str:
+    """A value as the CSV files of a run hold it: a float rounded (FLOAT_DIGITS)."""
+    v = python_scalar(v)
+    return repr(rounded(v)) if isinstance(v, float) else str(v)
 
 
 class Run:
@@ -415,6 +458,8 @@ def _recorded(path: Path, command: str, cfg, config_text: str, started, fresh: b
         run.summary["seconds"] = round(time.perf_counter() - start, 3)
         save_last_summary(run)
         remove_own_temps(run.path)
+        if getattr(e, "status", None) == "interrupted":  # a signal: name where to go on
+            e.run_dir, e.resume = run.path, resume_command(run.path, run.summary)
         raise
     remove_stale_temps(run.path)  # a finished run keeps no leftovers of killed attempts
 
@@ -460,9 +505,9 @@ def overwrite_in_place(path: Path, summary: dict) -> None:
     size = path.stat().st_size
     essential = {k: summary[k] for k in ("command", "status", "error", "run_dir", "seed",
                                          "seconds") if k in summary}  # fmt: skip
-    data = (json.dumps(summary, default=_jsonable) + "\n").encode()
+    data = (json_text(summary) + "\n").encode()
     if len(data) > size:
-        data = (json.dumps(essential, default=_jsonable) + "\n").encode()
+        data = (json_text(essential) + "\n").encode()
     with open(path, "r+b") as f:
         f.write(data)
         f.truncate()

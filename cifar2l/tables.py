@@ -5,8 +5,12 @@ The study's numbers and each item's seed count come from the configs' `expected:
 (items.py), never from a copy here. Each run is an ordinary `cifar2l` process, so its run
 directory (command.txt included) is exactly what the user would get by typing the command.
 
+A finished run of an item under --out (completed, of the shipped config unmodified, over at
+least the item's seeds) is reused, as the run it would make, and named; `--force` (make
+FORCE=1) runs every item again.
+
 Usage: python -m cifar2l.tables {table2|table3|final|lrrange|bonus|table4|best|report} [--out DIR]
-       [--jobs N]
+       [--jobs N] [--force]
 """
 
 from __future__ import annotations
@@ -58,12 +62,12 @@ def pm(summary: dict, split: str, key: str = "accuracy") -> str:
     return f"{mean:.4f}" + ("" if std is None else f" ± {std:.4f}")
 
 
-def accuracy_table(title: str, stems: list[str], out: Path, jobs: int) -> None:
+def accuracy_table(title: str, stems: list[str], out: Path, jobs: int, force: bool) -> None:
     """Train each config (over its seeds) and print ours beside the study's accuracies."""
     rows = []
     for stem in stems:
         e = expected(stem)
-        s = cifar2l(*command_args("train", stem, out, jobs))
+        s = run_or_reuse("train", stem, out, jobs, force=force)
         for split in ("train", "val", "test"):
             ref = e.accuracy.get(split)
             rows.append([stem, split, pm(s, split), "" if ref is None else ref,
@@ -73,22 +77,24 @@ def accuracy_table(title: str, stems: list[str], out: Path, jobs: int) -> None:
     console.table(title, ["config", "split", "ours (mean ± std)", "study", "difference"], rows)
 
 
-def table2(out: Path, jobs: int) -> None:
-    accuracy_table("Table 2: accuracy, ours vs the study", ["default", "cycles3"], out, jobs)
+def table2(out: Path, jobs: int, force: bool = False) -> None:
+    accuracy_table("Table 2: accuracy, ours vs the study", ["default", "cycles3"], out, jobs,
+                   force)  # fmt: skip
 
 
-def final(out: Path, jobs: int) -> None:
-    accuracy_table("the tuned network, ours vs the study", ["final", "final-3cycles"], out, jobs)
+def final(out: Path, jobs: int, force: bool = False) -> None:
+    accuracy_table("the tuned network, ours vs the study", ["final", "final-3cycles"], out, jobs,
+                   force)  # fmt: skip
 
 
-def bonus(out: Path, jobs: int) -> None:
+def bonus(out: Path, jobs: int, force: bool = False) -> None:
     accuracy_table("bonus models trained with the LR-range picks, ours vs the study",
-                   ["model-80", "model-40"], out, jobs)  # fmt: skip
+                   ["model-80", "model-40"], out, jobs, force)  # fmt: skip
 
 
-def table4(out: Path, jobs: int) -> None:
+def table4(out: Path, jobs: int, force: bool = False) -> None:
     accuracy_table("Table 4: improvements combined, ours vs the study",
-                   ["table4-120", "table4-140"], out, jobs)  # fmt: skip
+                   ["table4-120", "table4-140"], out, jobs, force)  # fmt: skip
 
 
 def top_rows(run_dir: Path, k: int = 4) -> list[tuple[float, float]]:
@@ -99,9 +105,9 @@ def top_rows(run_dir: Path, k: int = 4) -> list[tuple[float, float]]:
     return [(float(r["optim.lambda"]), float(r["val_accuracy"])) for r in rows]
 
 
-def table3(out: Path, jobs: int) -> None:
-    coarse = cifar2l(*command_args("search", "search-coarse", out, jobs))
-    fine = cifar2l(*command_args("search", "search-fine", out, jobs, Path(coarse["run_dir"])))
+def table3(out: Path, jobs: int, force: bool = False) -> None:
+    coarse = run_or_reuse("search", "search-coarse", out, jobs, force=force)
+    fine = run_or_reuse("search", "search-fine", out, jobs, Path(coarse["run_dir"]), force)
     for stem, summary in (("search-coarse", coarse), ("search-fine", fine)):
         study = expected(stem).top
         ours = top_rows(Path(summary["run_dir"]))
@@ -119,11 +125,11 @@ def table3(out: Path, jobs: int) -> None:
         console.log(f"fine range: {fine['refined_from']['ranges']}")
 
 
-def lrrange(out: Path, jobs: int) -> None:
+def lrrange(out: Path, jobs: int, force: bool = False) -> None:
     rows = []
     for stem in ("lrrange-80", "lrrange-40"):
         e = expected(stem)
-        s = cifar2l(*command_args("lrrange", stem, out, jobs))
+        s = run_or_reuse("lrrange", stem, out, jobs, force=force)
         ours, spread = s["suggestion"], s.get("suggestion_factor", {})
         rows += [[stem, k, ours[k], spread.get(k, ""), getattr(e, k), s["run_dir"]]
                  for k in ("eta_min", "eta_max")]  # fmt: skip
@@ -132,10 +138,10 @@ def lrrange(out: Path, jobs: int) -> None:
                                                    "study", "run dir (lrrange.png)"], rows)
 
 
-def best(out: Path, jobs: int) -> None:
+def best(out: Path, jobs: int, force: bool = False) -> None:
     """`make best`: train configs/best.yaml over its seeds; the single network beside its
     test-time augmentation, weight average and snapshot ensemble (those it has), mean ± std."""
-    s = cifar2l(*command_args("train", "best", out, jobs))
+    s = run_or_reuse("train", "best", out, jobs, force=force)
     cols = best_columns(s)
     rows = [[split, *[pm(block, split) if split in block["accuracy"] else "-"
                       for block in cols.values()]] for split in s["accuracy"]]  # fmt: skip
@@ -162,13 +168,24 @@ def best_columns(s: dict) -> dict:
     return cols
 
 
-# ---------------------------------------------------------------- make report
+# ---------------------------------------------------------------- reusing finished runs
 
 
-def finished_run(out: Path, command: str, stem: str, refine: Path | None = None) -> Path | None:
-    """The newest run under `out` of `cifar2l COMMAND configs/STEM.yaml` that the report counts:
-    completed, unmodified, over at least the item's seeds (a fine search: refined from
-    `refine`, the coarse search the report uses)."""
+def run_or_reuse(command: str, stem: str, out: Path, jobs: int, refine: Path | None = None,
+                 force: bool = False) -> dict:  # fmt: skip
+    """The summary of `cifar2l COMMAND configs/STEM.yaml`: of its finished run under `out`
+    (finished_item), named on the console, unless `force`; else of a new run."""
+    item = None if force else finished_item(out, command, stem, refine)
+    if item is None:
+        return cifar2l(*command_args(command, stem, out, jobs, refine))
+    console.log(f"reusing {item.run} for {command} {stem}.yaml (FORCE=1 runs it again)")
+    return {**item.summary, "run_dir": str(item.run)}
+
+
+def finished_item(out: Path, command: str, stem: str, refine: Path | None = None):
+    """The newest run under `out` of `cifar2l COMMAND configs/STEM.yaml` that the report counts
+    (its report.Item): completed, unmodified, over at least the item's seeds (a fine search:
+    refined from `refine`, the coarse search used)."""
     want = expected(stem).seeds
     for run in sorted(out.glob(f"*-{command}-{stem}"), reverse=True):
         try:
@@ -179,21 +196,19 @@ def finished_run(out: Path, command: str, stem: str, refine: Path | None = None)
         if refine is not None and (source is None or Path(source) != Path(refine)):
             continue
         if not item.modified and item.seeds >= want:
-            return run
+            return item
     return None
 
 
-def report_target(out: Path, jobs: int) -> None:
+# ---------------------------------------------------------------- make report
+
+
+def report_target(out: Path, jobs: int, force: bool = False) -> None:
     """`make report`: run every item without a counted run (reusing the others), then report."""
     dirs: dict[str, Path] = {}
     for command, stem in REPORT_ITEMS:
         refine = dirs.get("search-coarse") if stem == "search-fine" else None
-        run = finished_run(out, command, stem, refine)
-        if run is None:
-            run = Path(cifar2l(*command_args(command, stem, out, jobs, refine))["run_dir"])
-        else:
-            console.log(f"reusing {run} for {command} {stem}.yaml")
-        dirs[stem] = run
+        dirs[stem] = Path(run_or_reuse(command, stem, out, jobs, refine, force)["run_dir"])
     subprocess.run([sys.executable, "-m", "cifar2l", "report", *map(str, dirs.values()),
                     "--out", "report"], check=True)  # fmt: skip
 
@@ -207,7 +222,7 @@ def main(argv: list[str]) -> int:
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path("runs")
     jobs = int(argv[argv.index("--jobs") + 1]) if "--jobs" in argv else \
         threads.available_cpus()[0]  # fmt: skip
-    TARGETS[target](out, jobs)
+    TARGETS[target](out, jobs, force="--force" in argv)
     return 0
 
 

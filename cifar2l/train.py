@@ -114,14 +114,18 @@ def train_stack(job: Job, resume=None, stop_on_divergence: bool = True) -> loop.
 
 
 def row_printer(job: Job, start: float):
-    """rows(state, t): the console line of a metric row and its seconds (timing.csv)."""
+    """rows(state, t): the console line of a metric row and its seconds (timing.csv). The
+    column header comes before the first row this command prints, a resumed run's too."""
+    shown = False
 
     def rows(state, t: int) -> None:
+        nonlocal shown
         seconds = time.perf_counter() - start
-        if job.show_rows and not state.timing:
-            console.log(header())
         state.timing.append({"step": t, "seconds": round(seconds, 3)})
         if job.show_rows:
+            if not shown:
+                console.log(header())
+            shown = True
             console.log(format_row(state.rows[0][-1], seconds))
 
     return rows

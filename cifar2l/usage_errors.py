@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 
 from . import console
 from .errors import clip
+from .help_format import plain_commands, plain_flags
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click.exceptions import BadOptionUsage, MissingParameter, NoSuchOption, UsageError
@@ -23,7 +24,15 @@ class OneLineUsageErrors(TyperGroup):
     argument, for every subcommand) become one `Error:` line and exit 2, like every other
     error, instead of a usage box. Parsing happens in make_context (the root's options) and in
     invoke (the subcommand's), so both are wrapped; this holds for the `cifar2l` entry point
-    and for typer's CliRunner alike, which both call the group's main()."""
+    and for typer's CliRunner alike, which both call the group's main(). Its help, and every
+    subcommand's, shows flags without a value and plain usage lines (help_format)."""
+
+    def __init__(self, **attrs):
+        super().__init__(**attrs)
+        plain_commands(self.commands)
+
+    def get_params(self, ctx):
+        return plain_flags(super().get_params(ctx))
 
     def make_context(self, info_name, args, parent=None, **extra):
         with _usage_errors_as_one_line(None):

@@ -315,11 +315,11 @@ def test_evaluate_ensemble_reproduces_the_training_summary(official_dir, tmp_pat
     res = ok("evaluate", s["run_dir"], "--ensemble", "--split", "val", "--out",
              tmp_path / "eval", "--json")  # fmt: skip
     ev = json.loads(res.stdout)
-    assert ev["accuracy"] == s["ensemble"]["accuracy"]["val"]
+    assert ev["accuracy"]["val"] == s["ensemble"]["accuracy"]["val"]
     assert ev["ensemble"] == [20, 40, 60]
     plain = json.loads(ok("evaluate", s["run_dir"], "--split", "val", "--out", tmp_path / "eval",
                           "--json").stdout)  # fmt: skip
-    assert plain["accuracy"] == s["accuracy"]["val"]
+    assert plain["accuracy"] == {"val": s["accuracy"]["val"]}
 
 
 def test_evaluate_ensemble_without_snapshots_is_one_error(official_dir, tmp_path):

@@ -214,7 +214,7 @@ def test_train_with_val_size_hold_out(out, data_set):
     assert s["data"]["sizes"] == {"train": 30, "val": 10, "test": 40}
     # evaluate rebuilds the same seeded hold-out from the stored config
     result = ok("evaluate", s["run_dir"], "--split", "val", "--out", out, "--json")
-    assert json.loads(result.stdout)["accuracy"] == s["accuracy"]["val"]
+    assert json.loads(result.stdout)["accuracy"] == {"val": s["accuracy"]["val"]}
 
 
 def test_runs_started_in_the_same_second_get_distinct_dirs(out, data_set, monkeypatch):
@@ -386,7 +386,7 @@ def test_evaluate_test_split(trained, out, official_dir):
     assert s["command"] == "evaluate" and s["status"] == "completed" and s["split"] == "test"
     run_dir = Path(s["run_dir"])
     assert run_dir.is_dir() and run_dir != Path(trained["run_dir"])
-    assert s["accuracy"] == trained["accuracy"]["test"]
+    assert s["accuracy"] == {"test": trained["accuracy"]["test"]}  # keyed by split, as train
     classes, cm = read_confusion(run_dir / "confusion.csv")
     assert classes == CIFAR10_CLASSES
     assert cm.shape == (10, 10)
@@ -394,7 +394,7 @@ def test_evaluate_test_split(trained, out, official_dir):
     # rows are the true classes
     labels = batch_labels(official_dir, "test_batch")
     np.testing.assert_array_equal(cm.sum(axis=1), np.bincount(labels, minlength=10))
-    assert np.trace(cm) / cm.sum() == pytest.approx(s["accuracy"])
+    assert np.trace(cm) / cm.sum() == pytest.approx(s["accuracy"]["test"])
     assert list(s["per_class_accuracy"]) == CIFAR10_CLASSES
     for i, c in enumerate(CIFAR10_CLASSES):
         expected = cm[i, i] / cm[i].sum() if cm[i].sum() else 0.0
@@ -409,7 +409,7 @@ def test_evaluate_other_splits(trained, out, official_dir, split, batch):
     result = ok("evaluate", trained["run_dir"], "--split", split, "--out", out, "--json")
     s = json.loads(result.stdout)
     assert s["split"] == split
-    assert s["accuracy"] == trained["accuracy"][split]
+    assert s["accuracy"] == {split: trained["accuracy"][split]}
     _, cm = read_confusion(Path(s["run_dir"]) / "confusion.csv")
     assert cm.sum() == trained["data"]["sizes"][split]
     labels = batch_labels(official_dir, batch)
@@ -419,7 +419,7 @@ def test_evaluate_other_splits(trained, out, official_dir, split, batch):
 def test_evaluate_accepts_weights_file(trained, out):
     weights = Path(trained["run_dir"]) / "weights.npz"
     s = json.loads(ok("evaluate", weights, "--out", out, "--json").stdout)
-    assert s["accuracy"] == trained["accuracy"]["test"]
+    assert s["accuracy"] == {"test": trained["accuracy"]["test"]}
 
 
 def test_evaluate_missing_path(out, tmp_path):

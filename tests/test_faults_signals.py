@@ -104,7 +104,8 @@ def test_signal_during_repeat_then_resume_equals_uninterrupted(tmp_path, src, si
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 128 + sig, err
-    one_error(err, f"interrupted by {signal.Signals(sig).name}")
+    one_error(err, f"interrupted by {signal.Signals(sig).name} at step ",
+              f"; resume with: cifar2l train --resume {run}")
     s = summary(run)
     assert s["status"] == "interrupted" and s["repeat"] == 3, s
     assert (run / checkpoint.NAME).is_file()
@@ -235,7 +236,7 @@ def test_sigterm_to_search_jobs_stops_its_workers_then_resume_finishes(tmp_path,
         os.kill(pid, signal.SIGKILL)
     assert left == [], "workers outlived the search"
     assert proc.returncode == 143, err
-    one_error(err, "interrupted by SIGTERM")
+    one_error(err, "interrupted by SIGTERM; ", f"resume with: cifar2l search --resume {shared}")
     statuses = [search.trial_status(search.trial_dir(shared, i)) for i in range(4)]
     assert "interrupted" in statuses and "running" not in statuses, statuses
     for i, st in enumerate(statuses):
@@ -403,7 +404,7 @@ def test_signal_while_a_fused_group_is_written_writes_every_trial(tmp_path, src)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 143, err  # stopped before collecting: --resume collects
-    one_error(err, "interrupted by SIGTERM")
+    one_error(err, "interrupted by SIGTERM", f"resume with: cifar2l search --resume {shared}")
     statuses = [search.trial_status(search.trial_dir(shared, i)) for i in range(4)]
     assert statuses == ["completed"] * 4, statuses
     again = subprocess.run([*PY, "search", "--resume", shared, "--json", "-q"],
@@ -429,8 +430,8 @@ def test_signal_before_the_first_checkpoint_resumes_as_the_same_repeat(tmp_path,
     r = subprocess.run(patched(SIGNAL_AT_OPEN, *args, "--out", tmp_path / "runs"),
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 143, r.stderr
-    one_error(r.stderr, "interrupted by SIGTERM")
-    run = only_run(tmp_path / "runs")
+    run = only_run(tmp_path / "runs")  # before any step: no step to name, still the command
+    one_error(r.stderr, "interrupted by SIGTERM; ", f"resume with: cifar2l train --resume {run}")
     s = summary(run)
     assert s["status"] == "interrupted" and s["repeat"] == 3
     assert not (run / checkpoint.NAME).exists()
@@ -483,6 +484,6 @@ def test_sigint_during_lrrange_is_one_line_and_marks_it_interrupted(tmp_path, sr
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 130, err
-    one_error(err, "interrupted by SIGINT")
     run = only_run(out)
+    one_error(err, "interrupted by SIGINT", f"{run} is marked interrupted", "cannot be resumed")
     assert summary(run)["status"] == "interrupted" and hidden(run) == []

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cifar2l import data, lrrange, network
+from cifar2l import data, lrrange, network, runs
 from cifar2l.config import load_config
 from cifar2l.errors import RunError
 from cifar2l.rngs import make_rngs
@@ -231,7 +231,8 @@ def test_lrrange_csv(sweep_run):
     assert all(b > a for a, b in zip(lrs, lrs[1:], strict=False))
     assert lrs[0] == 1e-5  # lrrange-80.yaml: 1e-5 -> 1
     assert lrs[-1] == pytest.approx(1.0)
-    assert lrs == [lrrange.lr_at(t, FULL_STEPS, 1e-5, 1.0, "exponential")
+    # the schedule's rates at the CSV's 10 significant digits
+    assert lrs == [runs.rounded(lrrange.lr_at(t, FULL_STEPS, 1e-5, 1.0, "exponential"))
                    for t in range(FULL_STEPS)]  # fmt: skip
     for r in rows:
         assert 0 <= r["train_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1
@@ -253,8 +254,9 @@ def test_lrrange_summary_and_suggestion(sweep_run):
     assert (again["eta_min"], again["eta_max"]) == (sug["eta_min"], sug["eta_max"])
     assert s["peak_val_accuracy"] == pytest.approx(again["peak_val_accuracy"])
     yaml_cfg = load_config(sweep_run.dir / "suggestion.yaml")
-    assert yaml_cfg.schedule.eta_min == sug["eta_min"]
-    assert yaml_cfg.schedule.eta_max == sug["eta_max"]
+    # suggestion.yaml is a config: its rates are exact; summary.json has 10 digits
+    assert runs.rounded(yaml_cfg.schedule.eta_min) == sug["eta_min"]
+    assert runs.rounded(yaml_cfg.schedule.eta_max) == sug["eta_max"]
     text = (sweep_run.dir / "suggestion.yaml").read_text()
     assert str(sweep_run.dir) in text and "extends:" in text
 
@@ -271,7 +273,8 @@ def test_suggestion_yaml_extends_a_config(sweep_run, tmp_path, src):
                    f"data: {{root: {src}}}\n")  # fmt: skip
     cfg = load_config(exp)
     sug = sweep_run.summary["suggestion"]
-    assert (cfg.schedule.eta_min, cfg.schedule.eta_max) == (sug["eta_min"], sug["eta_max"])
+    rates = (runs.rounded(cfg.schedule.eta_min), runs.rounded(cfg.schedule.eta_max))
+    assert rates == (sug["eta_min"], sug["eta_max"])
     assert cfg.model.hidden == 8 and cfg.schedule.n_s == 10  # the rest from smoke.yaml
     result = ok("train", exp, "--out", tmp_path / "runs", "--json")
     rows = list(csv.DictReader((Path(json.loads(result.stdout)["run_dir"]) / "metrics.csv")

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cifar2l import search
+from cifar2l import runs, search
 from cifar2l.config import Distribution, dump_yaml, load_config
 from cifar2l.errors import ConfigError, RunError
 from cifar2l.rngs import make_rngs
@@ -292,7 +292,9 @@ def test_results_csv_ranked_one_row_per_trial(coarse):
     assert keys == sorted(keys)  # by val_accuracy descending, ties by trial index
     for r in rows:
         t = plan[int(r["trial"])]
-        assert float(r["optim.lambda"]) == t["params"]["optim.lambda"]
+        # at results.csv's 10 significant digits; search.json keeps the exact value
+        assert float(r["optim.lambda"]) == runs.rounded(t["params"]["optim.lambda"])
+        assert float(r["optim.lambda"]) == pytest.approx(t["params"]["optim.lambda"], rel=1e-9)
         assert int(r["model.hidden"]) == t["params"]["model.hidden"]
         assert int(r["init_seed"]) == t["init_seed"]
         s = summary_of(search.trial_dir(coarse.dir, t["index"]))
@@ -309,7 +311,8 @@ def test_search_summary_and_files(coarse):
     assert (s["trials"], s["completed"], s["failed"]) == (TRIALS, TRIALS, 0)
     assert s["best"]["trial"] == int(rows[0]["trial"])
     assert s["best"]["val_accuracy"] == float(rows[0]["val_accuracy"])
-    assert s["best"]["params"] == plan_of(coarse.dir)["trials"][s["best"]["trial"]]["params"]
+    best = plan_of(coarse.dir)["trials"][s["best"]["trial"]]["params"]  # exact in search.json
+    assert s["best"]["params"] == runs.rounded_floats(best)  # summary.json: 10 digits
     assert s["refined_from"] is None
     assert (coarse.dir / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plan = plan_of(coarse.dir)
@@ -322,7 +325,9 @@ def test_search_summary_and_files(coarse):
 def test_best_yaml_is_the_best_trial_and_trains(coarse, tmp_path):
     best = summary_of(coarse.dir)["best"]
     cfg = load_config(coarse.dir / "best.yaml")
-    assert cfg.optim.lambda_ == best["params"]["optim.lambda"]
+    exact = plan_of(coarse.dir)["trials"][best["trial"]]["params"]  # summary.json: 10 digits
+    assert cfg.optim.lambda_ == exact["optim.lambda"]
+    assert cfg.optim.lambda_ == pytest.approx(best["params"]["optim.lambda"], rel=1e-9)
     assert cfg.model.hidden == best["params"]["model.hidden"]
     assert cfg.init_seed == plan_of(coarse.dir)["trials"][best["trial"]]["init_seed"]
     ok("train", coarse.dir / "best.yaml", "--out", tmp_path / "runs", "-q")
@@ -623,10 +628,11 @@ def test_refine_command_narrows_to_the_best_coarse_trials(coarse, tmp_path):
     ok("search", fine, "--refine", coarse.dir, "--out", tmp_path / "runs", "-q")
     run = only_dir(tmp_path / "runs")
     top = results(coarse.dir)[:3]
-    lams = [float(r["optim.lambda"]) for r in top]
+    trials = plan_of(coarse.dir)["trials"]
+    lams = [trials[int(r["trial"])]["params"]["optim.lambda"] for r in top]  # exact values
     expected = {"run_dir": str(coarse.dir), "top_trials": [int(r["trial"]) for r in top],
                 "ranges": {"optim.lambda": [min(lams), max(lams)]}}  # fmt: skip
-    assert summary_of(run)["refined_from"] == expected
+    assert summary_of(run)["refined_from"] == runs.rounded_floats(expected)  # 10 digits
     plan = plan_of(run)
     assert plan["refined_from"] == expected
     space = plan["config"]["search"]["space"]

@@ -103,7 +103,7 @@ def test_swa_weights_are_the_mean_of_the_sampled_weights(tmp_path, official_dir)
     # the averaged weights are an ordinary weights file: evaluate scores them as recorded
     ev = json.loads(ok("evaluate", run / "weights-avg.npz", "--split", "val", "--out",
                        tmp_path / "ev", "--json").stdout)  # fmt: skip
-    assert ev["accuracy"] == avg["accuracy"]["val"]
+    assert ev["accuracy"] == {"val": avg["accuracy"]["val"]}
 
 
 def test_tta_accuracies_sit_beside_the_plain_ones(tmp_path, official_dir):
@@ -114,10 +114,10 @@ def test_tta_accuracies_sit_beside_the_plain_ones(tmp_path, official_dir):
     assert set(s["ensemble"]["tta_accuracy"]) == {"val", "test"}
     run = Path(s["run_dir"])
     ev = json.loads(ok("evaluate", run, "--out", tmp_path / "ev", "--json").stdout)
-    assert ev["tta"]["accuracy"] == s["tta"]["accuracy"]["test"]  # the run's evaluate.tta
-    assert ev["accuracy"] == s["accuracy"]["test"]
+    assert ev["tta"]["accuracy"] == {"test": s["tta"]["accuracy"]["test"]}  # evaluate.tta
+    assert ev["accuracy"] == {"test": s["accuracy"]["test"]}
     ens = json.loads(ok("evaluate", run, "--ensemble", "--out", tmp_path / "ev", "--json").stdout)
-    assert ens["tta"]["accuracy"] == s["ensemble"]["tta_accuracy"]["test"]
+    assert ens["tta"]["accuracy"]["test"] == s["ensemble"]["tta_accuracy"]["test"]
     plain = json.loads(ok("evaluate", run, "--tta", "none", "--out", tmp_path / "ev",
                           "--json").stdout)  # fmt: skip
     assert "tta" not in plain
@@ -128,7 +128,7 @@ def test_evaluate_tta_option_overrides_the_run(tmp_path, official_dir):
     run = Path(s["run_dir"])
     ev = json.loads(ok("evaluate", run, "--tta", "flip", "--out", tmp_path / "ev",
                        "--json").stdout)  # fmt: skip
-    assert ev["tta"]["views"] == ["flip"] and 0 <= ev["tta"]["accuracy"] <= 1
+    assert ev["tta"]["views"] == ["flip"] and 0 <= ev["tta"]["accuracy"]["test"] <= 1
     for bad in ("mirror", "flip,flip", ""):
         res = invoke("evaluate", run, "--tta", bad, "--out", tmp_path / "bad")
         one_error_line(res, 2, "--tta", "flip, shift")
@@ -237,7 +237,7 @@ def test_a_whitened_run_stores_its_whitening_and_evaluate_applies_it(tmp_path, o
         assert f["zca"].shape == (3072, 3072) and f["zca_mean"].shape == (3072,)
     ev = json.loads(ok("evaluate", run, "--split", "val", "--out", tmp_path / "ev",
                        "--json").stdout)  # fmt: skip
-    assert ev["accuracy"] == s["accuracy"]["val"]
+    assert ev["accuracy"] == {"val": s["accuracy"]["val"]}
     plain = train(tmp_path, official_dir, "p")
     assert plain["accuracy"] != s["accuracy"] or plain["loss"] != s["loss"]
 

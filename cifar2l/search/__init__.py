@@ -32,12 +32,13 @@ The package, one job a module, each importing only those above it:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
 
+from .. import checkpoint, console, runs
 from .. import config as config_mod
-from .. import console, runs
 from ..errors import ConfigError
 from ..rngs import init_seeds
 from .plan import (
@@ -163,6 +164,25 @@ def execute(path: Path, jobs: int, part: tuple[int, int], collect_after: bool,
     follow_parent()  # a --jobs worker ends with the command that started it
     workers = f", {jobs} worker processes" if jobs > 1 else ""
     console.log(f"search dir: {path}  shard {part[0]}/{part[1]}{workers}")
+    with resumable_search(path, part):
+        return run_and_collect(path, jobs, part, collect_after, started, repeat_best)
+
+
+@contextlib.contextmanager
+def resumable_search(path: Path, part: tuple[int, int]):
+    """A signal that stops the search names the command that continues it (of this shard)."""
+    try:
+        yield
+    except checkpoint.Interrupted as stop:
+        shard = f" --shard {part[0]}/{part[1]}" if part != (0, 1) else ""
+        stop.run_dir, stop.resume = path, f"cifar2l search --resume {path}{shard}"
+        stop.step = None  # a trial's step, not the search's
+        raise
+
+
+def run_and_collect(path: Path, jobs: int, part: tuple[int, int], collect_after: bool,
+                    started: float, repeat_best: int) -> dict:  # fmt: skip
+    """execute's work: the trials, then (the whole search) best-repeat and collect."""
     prepare(path, jobs, part, retry=collect_after)
     work = run_workers(path, jobs) if jobs > 1 else run_shard(path, part)
     if not collect_after:

@@ -34,7 +34,8 @@ def write_results(path: Path, rows: list[dict], keys: list[str]) -> None:
     writer.writerow(result_columns(keys))
     for r in rows:
         flat = {**r, **r["params"]}
-        writer.writerow(["" if flat.get(c) is None else flat[c] for c in result_columns(keys)])
+        writer.writerow(["" if flat.get(c) is None else runs.csv_cell(flat[c])
+                         for c in result_columns(keys)])  # fmt: skip
     runs.atomic_write(path / "results.csv", buf.getvalue())
 
 
