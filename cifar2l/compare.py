@@ -160,8 +160,8 @@ def final_cell(c: Compared, block: str | None, split: str) -> str:
     if found is None:
         return "-"
     summary = found[1]
-    if block is None and summary.get("command") == "evaluate":
-        return catalog.pm(summary.get("accuracy")) if summary.get("split") == split else "-"
+    if block is None and isinstance(summary.get("accuracy"), float):  # an old evaluate run
+        return catalog.pm(summary["accuracy"]) if summary.get("split") == split else "-"
     return catalog.pm(*catalog.block_value(summary if block is None else summary.get(block),
                                            split))  # fmt: skip
 

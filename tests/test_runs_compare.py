@@ -135,7 +135,7 @@ def test_accuracies_of_plain_repeat_search_and_evaluate_runs(made):
     best = best_trial(made.search)
     assert rows[made.search.name]["val"] == pytest.approx(best["accuracy"]["val"])
     evaluated = rows[made.evaluate.name]
-    assert evaluated["val"] == pytest.approx(summary_of(made.evaluate)["accuracy"])
+    assert evaluated["val"] == pytest.approx(summary_of(made.evaluate)["accuracy"]["val"])
     assert evaluated["test"] is None and evaluated["command"] == "evaluate"
 
 
