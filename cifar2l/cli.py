@@ -402,8 +402,9 @@ def export(
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ):
-    """Export runs to TensorBoard: per-step metrics as scalars, the config as text, the
-    hyperparameters with the final accuracies (hparams).
+    """Export runs to TensorBoard: metrics as scalars, the config, hyperparameters.
+
+    Per-step metrics as scalars, the config as text, hyperparameters with final accuracies.
 
     Example:
 
