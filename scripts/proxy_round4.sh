@@ -27,3 +27,6 @@ run width2048 --set model.hidden=2048 --set schedule.steps=2106 --set train.log_
 run epochs14 --set schedule.steps=4914 --set train.log_every=4914
 # Input noise: Gaussian noise (std 0.1 whitened units) on half of each batch's rows.
 run noise01 --set augment.noise.fraction=0.5 --set augment.noise.std=0.1
+# The round's winner (translate 2) against the baseline again, at a second seed.
+run baseline-seed7 --seed 7
+run translate2-seed7 --seed 7 --set augment.translate=2

@@ -50,6 +50,19 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def builds_wheels_here() -> bool:
+    """Whether this environment's setuptools builds a wheel by itself (bdist_wheel is part of
+    setuptools from 70.1; a venv's bundled 65.x needs the `wheel` package). If not, pip fetches
+    a build backend for an isolated build, from the package registry."""
+    try:
+        from importlib.metadata import version
+
+        major, minor = (int(p) for p in version("setuptools").split(".")[:2])
+    except Exception:  # absent, or a version string we cannot read
+        return False
+    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
 def make_venv(base: Path) -> Path:
     """A fresh venv with the repo installed (not editable); returns its bin/ folder."""
     venv = base / "fresh"
@@ -59,8 +72,7 @@ def make_venv(base: Path) -> Path:
                            "['purelib'])"], check=True, capture_output=True,
                           text=True).stdout.strip()  # fmt: skip
     (Path(site) / "_cifar2l_test_deps.pth").write_text("\n".join(site_dirs()) + "\n")
-    offline = ["--no-build-isolation", "--no-index"] if importlib.util.find_spec("setuptools") \
-        else []  # without setuptools here pip fetches it for an isolated build
+    offline = ["--no-build-isolation", "--no-index"] if builds_wheels_here() else []
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
                     "--no-deps", *offline, str(copy_repo(base / "repo-copy"))],
                    check=True)  # fmt: skip
