@@ -6,6 +6,11 @@ the whitening searches and the summary of the plain proxy run:
     python scripts/plot_recipe_search.py search runs/20261201-222228-train-proxy-baseline \
         runs/search-zca runs/search-zca2 runs/search-zca3
 
+docs/recipe-round4.png: round 4, each one-knob variant of configs/proxy-zca.yaml against the
+baseline of its seed (scripts/proxy_round4.sh writes them all under one folder):
+
+    python scripts/plot_recipe_search.py round4 runs/proxy-r4
+
 docs/best-accuracy.png: training and validation accuracy of full-size runs against the update
 step, one colour per run (their metrics.csv), labelled by the given names:
 
@@ -26,6 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 OUT = Path("docs/recipe-search.png")
+ROUND4 = Path("docs/recipe-round4.png")
 CURVES = Path("docs/best-accuracy.png")
 
 
@@ -87,5 +93,44 @@ def search(argv: list[str]) -> int:
     return 0
 
 
+def round4_runs(folder: Path) -> dict[str, dict]:
+    """name (the part after -train-) -> summary.json, of every run in the folder."""
+    out = {}
+    for d in sorted(folder.iterdir()):
+        if (d / "summary.json").is_file() and "-train-" in d.name:
+            out[d.name.split("-train-", 1)[1]] = json.loads((d / "summary.json").read_text())
+    return out
+
+
+def round4(argv: list[str]) -> int:
+    """Validation accuracy minus that of the same seed's baseline, plain and with TTA; the
+    grey band: +-1 std of the baseline over 3 initialisation seeds (baseline-3seeds)."""
+    runs = round4_runs(Path(argv[0]))
+    spread = runs.pop("baseline-3seeds")
+    names = [n for n in runs if not n.startswith("baseline")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.38 * len(names) + 1.6), sharey=True)
+    for ax, key, title in [(axes[0], "accuracy", "plain"), (axes[1], "tta", "with TTA")]:
+        def val(s, key=key):
+            return (s if key == "accuracy" else s["tta"])["accuracy"]["val"]
+
+        base = {n: runs["baseline-seed7" if n.endswith("-seed7") else "baseline"] for n in names}
+        diffs = [100 * (val(runs[n]) - val(base[n])) for n in names]
+        std = 100 * (spread if key == "accuracy" else spread["tta"])["accuracy_std"]["val"]
+        ax.axvspan(-std, std, color="0.85", label="baseline's seed std (3 seeds)")
+        ax.barh(names, diffs, color=["tab:green" if d > 0 else "tab:red" for d in diffs])
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel("validation accuracy - the same seed's baseline (points)")
+        ax.set_title(f"{title}: baseline {val(runs['baseline']):.4f} (seed 42)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].invert_yaxis()
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.suptitle("Round 4: one knob of configs/proxy-zca.yaml at a time (1024 units, 12 epochs)")
+    fig.tight_layout()
+    fig.savefig(ROUND4, dpi=110)
+    print(ROUND4)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit({"search": search, "curves": curves}[sys.argv[1]](sys.argv[2:]))
+    commands = {"search": search, "curves": curves, "round4": round4}
+    sys.exit(commands[sys.argv[1]](sys.argv[2:]))

@@ -3,7 +3,7 @@
 # and 12 epochs) with one knob changed at a time. Every variant trains at seed 42, so it shares
 # the baseline's initialisation and batch order (a paired comparison); the baseline's own
 # 3-seed spread is the yardstick. Validation only (the proxy has no test split).
-#   bash scripts/proxy_round4.sh [OUT]      # about 20 minutes on 2 cores
+#   bash scripts/proxy_round4.sh [OUT]      # 17 networks, about 30 minutes on 2 cores
 set -euo pipefail
 out=${1:-runs/proxy-r4}
 cfg=configs/proxy-zca.yaml
