@@ -553,7 +553,8 @@ def _config_list() -> dict:
 
     rows = listing()
     console.table(f"Shipped configs ({configs_dir()}): cifar2l train NAME",
-                  ["name", "about"], [[r["name"], r["about"]] for r in rows])  # fmt: skip
+                  ["name", "about"], [[r["name"], r["about"]] for r in rows],
+                  text=("about",))  # fmt: skip
     return {"configs": rows}
 
 

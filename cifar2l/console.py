@@ -61,12 +61,13 @@ def log(message: str) -> None:
         stderr.print(message, highlight=False)
 
 
-def table(title: str, columns: list[str], rows: list[list]) -> None:
+def table(title: str, columns: list[str], rows: list[list], text: tuple = ()) -> None:
+    """Numbers right-aligned; the first column and the `text` columns left-aligned."""
     if _quiet:
         return
     t = Table(title=title, title_justify="left")
     for c in columns:
-        t.add_column(c, justify="left" if c == columns[0] else "right")
+        t.add_column(c, justify="left" if c == columns[0] or c in text else "right")
     for r in rows:
         t.add_row(*[fmt(v) for v in r])
     stdout.print(t)
