@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -136,3 +137,15 @@ def one_error_line(result, code: int, *fragments: str) -> str:
         assert fragment in lines[0], (fragment, lines[0])
     assert result.stdout == ""
     return lines[0]
+
+
+def summary_of(run_dir: Path) -> dict:
+    """A run directory's summary.json."""
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def only_dir(out: Path) -> Path:
+    """The one directory under `out` (a command's fresh run dir)."""
+    dirs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(dirs) == 1, dirs
+    return dirs[0]

@@ -19,7 +19,16 @@ import yaml
 
 from cifar2l import export
 
-from .conftest import ROOT, invoke, module_env, ok, one_error_line, write_official_dir
+from .conftest import (
+    ROOT,
+    invoke,
+    module_env,
+    ok,
+    one_error_line,
+    only_dir,
+    summary_of,
+    write_official_dir,
+)
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
 SPACE_KEYS = ["optim.lambda", "model.hidden"]
@@ -140,16 +149,6 @@ def assert_csv_scalars(events, run_dir: Path, names: tuple[str, ...]) -> None:
             assert [s for s, _ in got[tag]] == [s for s, _ in points], tag
             np.testing.assert_allclose([v for _, v in got[tag]], [v for _, v in points],
                                        rtol=2e-7, atol=1e-30, err_msg=tag)  # fmt: skip
-
-
-def summary_of(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
-def only_dir(out: Path) -> Path:
-    dirs = sorted(p for p in out.iterdir() if p.is_dir())
-    assert len(dirs) == 1, dirs
-    return dirs[0]
 
 
 # ---------------------------------------------------------------- runs to export

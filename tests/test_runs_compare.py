@@ -15,13 +15,9 @@ import pytest
 
 from cifar2l import compare
 
-from .conftest import ROOT, invoke, module_env, ok, one_error_line, write_official_dir
+from .conftest import ROOT, invoke, module_env, ok, one_error_line, summary_of, write_official_dir
 
 SMOKE = ROOT / "configs" / "smoke.yaml"
-
-
-def summary_of(run: Path) -> dict:
-    return json.loads((run / "summary.json").read_text())
 
 
 def only(folder: Path, pattern: str) -> Path:
