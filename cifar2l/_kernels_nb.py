@@ -129,6 +129,67 @@ def update_momentum(p, g, v, lr, l2, gamma, decay, nesterov):
                 _heavy_ball_run(*a)
 
 
+# The same three updates with a coefficient per element: a stack's row of T*K elements holds
+# T trials of K, so its coefficients are each trial's value repeated K times. One call per row
+# keeps the element loop long (a 16-trial W1 row: 800 elements rather than 16 calls of 50).
+@_run
+def _sgd_rows_run(p, g, lr, l2, decay):
+    for j in range(p.shape[0]):
+        pj = p[j]
+        gt = g[j] + l2[j] * pj
+        q = pj - decay[j] * pj
+        p[j] = q - lr[j] * gt
+
+
+@_run
+def _heavy_ball_rows_run(p, g, v, lr, l2, gamma, decay):
+    for j in range(p.shape[0]):
+        pj = p[j]
+        gt = g[j] + l2[j] * pj
+        q = pj - decay[j] * pj
+        vj = gamma[j] * v[j] + lr[j] * gt
+        v[j] = vj
+        p[j] = q - vj
+
+
+@_run
+def _nesterov_rows_run(p, g, v, lr, l2, gamma, decay):
+    for j in range(p.shape[0]):
+        pj = p[j]
+        gt = g[j] + l2[j] * pj
+        q = pj - decay[j] * pj
+        vj = gamma[j] * v[j] + lr[j] * gt
+        v[j] = vj
+        p[j] = q - (gamma[j] * vj + lr[j] * gt)
+
+
+@_kernel
+def update_sgd_rows(p, g, lr, l2, decay):
+    """p, g (R, T*K); coefficient rows (T*K,): each trial's value repeated K times."""
+    rows, k = p.shape
+    per, nb, tasks = _tasks(rows, k)
+    for task in prange(tasks):
+        r0, r1, lo, hi = _span(task, per, nb, rows, k)
+        for row in range(r0, r1):
+            _sgd_rows_run(p[row, lo:hi], g[row, lo:hi], lr[lo:hi], l2[lo:hi], decay[lo:hi])
+
+
+@_kernel
+def update_momentum_rows(p, g, v, lr, l2, gamma, decay, nesterov):
+    """p, g, v (R, T*K); coefficient rows (T*K,); heavy-ball or Nesterov momentum."""
+    rows, k = p.shape
+    per, nb, tasks = _tasks(rows, k)
+    for task in prange(tasks):
+        r0, r1, lo, hi = _span(task, per, nb, rows, k)
+        for row in range(r0, r1):
+            a = (p[row, lo:hi], g[row, lo:hi], v[row, lo:hi], lr[lo:hi], l2[lo:hi],
+                 gamma[lo:hi], decay[lo:hi])  # fmt: skip
+            if nesterov:
+                _nesterov_rows_run(*a)
+            else:
+                _heavy_ball_rows_run(*a)
+
+
 @njit(inline="always")
 def _relu(x, zero):
     # NumPy's maximum(x, 0) propagates NaN and gives +0 for -0: so does this
@@ -258,6 +319,28 @@ def standardize(x, mean, std, out):
         _standardize_run(x[n], mean, std, out[n])
 
 
+COLS = 256  # columns per task of column_sums
+
+
+@_run
+def _column_sums_run(row, s, q):
+    for j in range(row.shape[0]):
+        v = np.int64(row[j])
+        s[j] += v
+        q[j] += v * v
+
+
+@_kernel
+def column_sums(x, s, q):
+    """s[j] += sum_n x[n, j], q[j] += sum_n x[n, j]^2 in int64 (exact: any order, any split)."""
+    n_, d_ = x.shape
+    for task in prange((d_ + COLS - 1) // COLS):
+        lo = task * COLS
+        hi = min(lo + COLS, d_)
+        for n in range(n_):
+            _column_sums_run(x[n, lo:hi], s[lo:hi], q[lo:hi])
+
+
 @njit(inline="always")
 def _source(j, reflect):
     """Source index of padded coordinate j (0..31 inside the image): -1 for a zero pixel."""
@@ -283,5 +366,6 @@ def gather_augment(x, idx, flips, dy, dx, reflect, out, zero):
                 out[n, dst] = zero if (r < 0 or c < 0) else x[src, base + r * S + c]
 
 
-ALL = (update_sgd, update_momentum, relu_bias, relu_bias_dropout, relu_backward,
-       relu_backward_scaled, softmax_xent, gather_rows, gather_augment, standardize)  # fmt: skip
+ALL = (update_sgd, update_momentum, update_sgd_rows, update_momentum_rows, relu_bias,
+       relu_bias_dropout, relu_backward, relu_backward_scaled, softmax_xent, gather_rows,
+       gather_augment, standardize, column_sums)  # fmt: skip

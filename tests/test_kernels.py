@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar2l import kernels
+from cifar2l import data, kernels
 
 numba = pytest.importorskip("numba")
 
@@ -383,6 +383,34 @@ def test_standardize_same_at_any_thread_count(threads):
     x = np.random.default_rng(4).integers(0, 256, (64, 3072)).astype(np.uint8)
     m, s = np.full(3072, 120.0, np.float32), np.full(3072, 60.0, np.float32)
     both_counts(threads, lambda: (kernels.standardize(x, m, s, np.empty(x.shape, np.float32)),))
+
+
+# --- 8. column sums ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (37, 3072), (5, 300)])  # one pixel, CIFAR rows, < COLS
+def test_column_sums_equal_reference_and_float_sums(shape):
+    x = np.random.default_rng(5).integers(0, 256, shape).astype(np.uint8)
+    got, want = kernels.column_sums(x), kernels.column_sums_ref(x)
+    for a, b in zip(got, want, strict=True):
+        same(a, b)
+    xf = x.astype(np.float64)
+    same(got[0].astype(np.float64), xf.sum(axis=0))
+    same(got[1].astype(np.float64), (xf * xf).sum(axis=0))
+
+
+def test_column_sums_same_at_any_thread_count(threads):
+    x = np.random.default_rng(6).integers(0, 256, (200, 3072)).astype(np.uint8)
+    both_counts(threads, lambda: kernels.column_sums(x))
+
+
+def test_fit_standardizer_of_pixels_same_bits_as_float_sums():
+    """The integer-sum path of uint8 pixels gives the bits of the float path (both exact)."""
+    x = np.random.default_rng(7).integers(0, 256, (300, 3072)).astype(np.uint8)
+    for per in ("per_feature", "per_channel"):
+        for a, b in zip(data.fit_standardizer(x, per),
+                        data.fit_standardizer(x.astype(np.float32), per), strict=True):
+            same(a, b)
 
 
 # --- threads, import, warm-up, on-disk cache -------------------------------------------------
