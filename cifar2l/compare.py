@@ -187,14 +187,15 @@ def title_of(labels: list[str]) -> str:
 
 def figure(found: list[Compared], metrics: list[str], path: Path) -> None:
     """One panel per metric against the update step, one colour per run."""
-    from .plots import _save, pyplot
+    from matplotlib import colormaps
 
-    plt = pyplot()
+    from .plots import _save, new_figure
+
     ncols = 1 if len(metrics) == 1 else 2
     nrows = -(-len(metrics) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows + 0.8),
-                             squeeze=False, layout="constrained")  # fmt: skip
-    colours = plt.get_cmap("tab10").colors
+    fig = new_figure((6.4 * ncols, 4.2 * nrows + 0.8), "constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    colours = colormaps["tab10"].colors
     for ax, metric in zip(axes.flat, metrics, strict=False):
         for k, c in enumerate(found):
             draw(ax, c, metric, colours[k % len(colours)])
@@ -207,7 +208,6 @@ def figure(found: list[Compared], metrics: list[str], path: Path) -> None:
                fontsize=9)  # fmt: skip
     fig.suptitle(title_of([c.label for c in found]), fontsize=11)
     _save(fig, path)
-    plt.close(fig)
 
 
 def draw(ax, c: Compared, metric: str, colour) -> None:
