@@ -601,7 +601,7 @@ def fit_standardizer(x: np.ndarray, per: str = "per_feature") -> tuple[np.ndarra
     (kernels.column_sums), or float64 sums of float32 squares for other inputs, which are
     exact for pixel values (<= 255^2) too, so both give the same bits.
     """
-    if x.dtype == np.uint8:
+    if x.dtype == np.uint8 and kernels.loaded():  # (while numba loads: the float sums)
         total, squares = kernels.column_sums(x)
         mean, sq = total / len(x), squares / len(x)
     else:
@@ -618,10 +618,13 @@ def fit_standardizer(x: np.ndarray, per: str = "per_feature") -> tuple[np.ndarra
 
 
 def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, dtype) -> np.ndarray:
-    """(x - mean) / std in `dtype`, mean and std rounded to it first (kernels.standardize)."""
+    """(x - mean) / std in `dtype`, mean and std rounded to it first (kernels.standardize).
+    While the kernels are still loading (preload.py's thread: numba's import takes ~0.5 s),
+    NumPy's passes of the reference, which give the same bits, do not wait for them."""
     dt = np.dtype(dtype)
     out = np.empty(x.shape, dtype=dt)
-    return kernels.standardize(x, mean.astype(dt), std.astype(dt), out)
+    fn = kernels.standardize if kernels.loaded() else kernels.standardize_ref
+    return fn(x, mean.astype(dt), std.astype(dt), out)
 
 
 def prepare(data_cfg, dtype: str, rng: np.random.Generator) -> Prepared:

@@ -116,6 +116,13 @@ def have_numba() -> bool:
     return _load() is not None
 
 
+def loaded() -> bool:
+    """Whether the compiled kernels are imported already; never waits for the import (the
+    data preparation takes the bitwise-equal reference meanwhile, see data.standardize)."""
+    loaded_ = _nb_module
+    return loaded_ is not _UNSET and loaded_ is not None and not isinstance(loaded_, Exception)
+
+
 def _apply_threads(nb, n: int | None) -> None:
     """numba's thread count for this Python thread (numba keeps it per thread)."""
     if n is not None and getattr(_applied, "threads", None) != n:

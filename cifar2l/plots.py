@@ -171,6 +171,13 @@ def training_plots(rows: list[dict], lr_fn, total: int, run_dir: Path, cfg) -> N
                   title_lines(f"{name} · learning-rate schedule", sub))  # fmt: skip
 
 
+def run_plots(rows: list[dict], cfg, total: int, run_dir: Path) -> None:
+    """training_plots of a run from its config (picklable arguments: plotter.py's helper)."""
+    from .schedule import make_schedule
+
+    training_plots(rows, make_schedule(cfg.schedule), total, run_dir, cfg)
+
+
 PANELS = ("loss", "cost", "accuracy")  # the study's figures, left to right
 
 

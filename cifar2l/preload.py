@@ -17,17 +17,20 @@ import threading
 from . import kernels
 
 
-def _load(dtype: str) -> None:
+def _load(dtype: str, matplotlib: bool) -> None:
     with contextlib.suppress(Exception):
         kernels.warm_up(dtype)
+    if not matplotlib:  # a plotter process (plotter.py) loads it instead
+        return
     with contextlib.suppress(Exception):
         from . import plots
 
         plots.warm_up()
 
 
-def start(dtype: str) -> threading.Thread:
+def start(dtype: str, matplotlib: bool = True) -> threading.Thread:
     """Start loading the kernels of `dtype`, then matplotlib; join() the thread before training."""
-    thread = threading.Thread(target=_load, args=(dtype,), name="cifar2l-preload", daemon=True)
+    thread = threading.Thread(target=_load, args=(dtype, matplotlib), name="cifar2l-preload",
+                              daemon=True)  # fmt: skip
     thread.start()
     return thread

@@ -20,8 +20,9 @@ from . import checkpoint, console, data, ensemble, loop, network, plots, preload
 from . import config as config_mod
 from .errors import ConfigError, DivergedError, RunError
 from .loop import METRIC_COLUMNS
+from .plotter import Plotter
 from .rngs import init_seeds, make_rngs
-from .schedule import cycle_length, make_schedule, total_steps
+from .schedule import cycle_length, total_steps
 from .weights import save_weights
 
 ROW_COLUMNS = [*METRIC_COLUMNS, "seconds"]
@@ -160,25 +161,29 @@ def save_snapshots(job: Job, params, t: int) -> None:
 
 
 def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock,
-               final: dict | None = None, average: tuple | None = None) -> dict:  # fmt: skip
+               final: dict | None = None, average: tuple | None = None,
+               plot: Plotter | None = None) -> dict:  # fmt: skip
     """Write one trained network's metrics, weights, plots and summary (params: a stack of
     T = 1; average: (its averaged weights, samples) under train.average); return its final
-    metrics (computed here unless given)."""
-    total = total_steps(cfg.schedule)
+    metrics (computed here unless given). The plots are drawn by `plot` (plotter.py: in its
+    helper process, during the evaluation here) or in this process."""
+    total, plot = total_steps(cfg.schedule), plot or Plotter()
     with clock("io"):
         runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, rows)
+        plot.submit(plots.run_plots, rows, cfg, total, run.path)
     if final is None:
         with clock("eval"):
             final = final_metrics(params, prep, cfg.optim.lambda_)[0]
     with clock("io"):
         save_weights(run.path / "weights.npz", params, prep, config_text)
-        plots.training_plots(rows, make_schedule(cfg.schedule), total, run.path, cfg)
         if total in loop.snapshot_steps(cfg):
             ensemble.save_snapshot(run.path, total, params, prep, config_text)
     if loop.snapshot_steps(cfg):
         with clock("eval"):
             run.summary["ensemble"] = ensemble_summary(run.path, prep, cfg)
     finish_extras(run, cfg, prep, params, average, config_text, clock)
+    with clock("io"):
+        plot.wait()
     run.summary.update(
         timing={k: clock.rounded().get(k, 0.0) for k in ("train", "eval", "io")},
         steps=total, data=data_summary(prep),
@@ -263,7 +268,7 @@ def split_sizes(prep) -> dict:
 
 
 def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None,
-              resume=None) -> dict:  # fmt: skip
+              resume=None, plot: Plotter | None = None) -> dict:  # fmt: skip
     """Train one network into an open run directory; return its final metrics.
 
     summary.json gets `timing`: seconds in the training loop without evaluation (`train`), in
@@ -276,7 +281,7 @@ def train_run(run, cfg, prep, config_text: str, clock: runs.Clock | None = None,
         with checkpoint.deferred_signals():
             state = train_stack(job, resume)
             final = finish_run(run, cfg, prep, state.params, state.rows[0], config_text,
-                               job.clock, average=average_of(state, 0))  # fmt: skip
+                               job.clock, average=average_of(state, 0), plot=plot)  # fmt: skip
             checkpoint.take_pending()  # came while finishing: the run is complete anyway
     except (checkpoint.Interrupted, DivergedError) as stop:  # both carry the loop's state
         state = getattr(stop, "state", None) or state
@@ -299,9 +304,10 @@ def _unless_failing():
     return contextlib.suppress(*((RunError, OSError) if failing else ()))
 
 
-def prepare(cfg, config_path: str, clock: runs.Clock):
-    """The prepared splits; the kernels and matplotlib load meanwhile (preload.py)."""
-    loading = preload.start(cfg.dtype)
+def prepare(cfg, config_path: str, clock: runs.Clock, matplotlib: bool = True):
+    """The prepared splits; the kernels (and matplotlib, unless a plotter process draws the
+    figures) load meanwhile (preload.py)."""
+    loading = preload.start(cfg.dtype, matplotlib)
     with clock("io"):
         prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
         loading.join()
@@ -315,7 +321,21 @@ def run_train(cfg, config_text: str, config_path: str, out, name: str, repeat: i
     dir (`into`: a new directory of that name instead, e.g. a search's best-repeat/), train,
     print the final table."""
     started, clock = time.perf_counter(), runs.Clock()
-    prep = prepare(cfg, config_path, clock)
+    plot = Plotter.start()
+    try:
+        summary, final = train_new(cfg, config_text, config_path, (out, name, into), repeat,
+                                   (started, clock, plot))  # fmt: skip
+    finally:
+        plot.close()
+    show(final, summary)
+    return summary
+
+
+def train_new(cfg, config_text: str, config_path: str, where: tuple, repeat: int,
+              timing: tuple) -> tuple[dict, dict | None]:  # fmt: skip
+    """run_train's run: where = (out, name, into), timing = (started, clock, plotter)."""
+    (out, name, into), (started, clock, plot) = where, timing
+    prep = prepare(cfg, config_path, clock, matplotlib=plot.pool is None)
     if into is not None:
         into.mkdir()
     opened = runs.start_run(into, "train", cfg, config_text, started) if into is not None else \
@@ -328,9 +348,8 @@ def run_train(cfg, config_text: str, config_path: str, out, name: str, repeat: i
         what = f"{repeat} repeats trained together" if repeat > 1 else f"data: {prep.source} " \
             f"({prep.format}), train/val/test {sizes}"  # fmt: skip
         console.log(f"run dir: {run.path}  {what}")
-        final = train_into(run, cfg, prep, config_text, clock, repeat)
-    show(final, run.summary)
-    return run.summary
+        final = train_into(run, cfg, prep, config_text, clock, repeat, plot=plot)
+    return run.summary, final
 
 
 def run_repeat(cfg, config_text: str, config_path: str, out, name: str, repeat: int,
@@ -342,11 +361,13 @@ def run_repeat(cfg, config_text: str, config_path: str, out, name: str, repeat: 
     return run_train(cfg, config_text, config_path, out, name, repeat, into)
 
 
-def train_into(run, cfg, prep, config_text: str, clock, repeat: int, resume=None):
+def train_into(run, cfg, prep, config_text: str, clock, repeat: int, resume=None,
+               plot: Plotter | None = None):  # fmt: skip
     """One network into the run dir, or `repeat` of them into repeats/<k>/; return the final
-    metrics (one network's, or the repeat summary)."""
+    metrics (one network's, or the repeat summary). `plot` draws the figures (plotter.py)."""
+    plot = plot or Plotter()
     if repeat == 1:
-        return train_run(run, cfg, prep, config_text, clock, resume)
+        return train_run(run, cfg, prep, config_text, clock, resume, plot)
     cfgs, seeds = trial_configs(cfg, repeat)
     run.summary.update(repeat=repeat, init_seeds=seeds)  # kept if the run is interrupted
     dirs = [run.path / "repeats" / f"{k:02d}" for k in range(repeat)]
@@ -356,9 +377,10 @@ def train_into(run, cfg, prep, config_text: str, clock, repeat: int, resume=None
               guard=checkpoint.guard_of(cfg, prep))  # fmt: skip
     with checkpoint.deferred_signals():
         state = train_repeats(job, resume)
-        subs = finish_trials(job, state, share=True)
+        subs = finish_trials(job, state, share=True, plot=plot)
         with clock("io"):
-            mean_plot(run.path, cfg, state.rows)
+            plot.submit(mean_plot, run.path, cfg, state.rows)
+            plot.wait()
         checkpoint.take_pending()  # came while finishing: the run is complete anyway
     run.summary.update(repeat_summary(subs, seeds, clock), fused=True, data=data_summary(prep))
     (run.path / checkpoint.NAME).unlink(missing_ok=True)
@@ -388,7 +410,7 @@ def train_repeats(job: Job, resume=None) -> loop.TrainState:
         raise
 
 
-def finish_trials(job: Job, state, share: bool) -> list[dict]:
+def finish_trials(job: Job, state, share: bool, plot: Plotter | None = None) -> list[dict]:
     """Write every trial of a trained stack into its directory as an ordinary run; each is
     charged an equal share of the stack's pass, then its own finish. Returns their summaries."""
     t = len(job.cfgs)
@@ -403,7 +425,7 @@ def finish_trials(job: Job, state, share: bool) -> list[dict]:
         charged = time.perf_counter() - sum(mine.seconds.values())
         with runs.start_run(job.dirs[k], "train", c, text, charged) as sub:
             finish_run(sub, c, job.prep, network.select(state.params, [k]), state.rows[k],
-                       text, mine, finals[k], average_of(state, k))  # fmt: skip
+                       text, mine, finals[k], average_of(state, k), plot)  # fmt: skip
         subs.append(sub.summary)
     return subs
 
@@ -506,22 +528,32 @@ def run_resume(run_dir: Path, out=None) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory")
-    with runs.dir_lock(run_dir):  # held until the run is written: no two resumes at once
-        summary = resumable_run(run_dir)
-        cfg = config_mod.load_config(run_dir / "config.yaml")
-        saved, repeat = resume_state(run_dir, summary)
-        prep = prepare(cfg, str(run_dir / "config.yaml"), clock)
-        if saved is not None:
-            checkpoint.verify(saved, cfg, prep, repeat, run_dir)
-            kept_snapshots(run_dir, cfg, saved.state.step, repeat)
-        state, text = saved.state if saved else None, config_mod.dump_yaml(cfg)
-        with runs.start_run(run_dir, "train", cfg, text, started, fresh=False,
-                            locked=True) as run:  # fmt: skip
-            run.summary["resumed_from_step"] = state.step if state else 0
-            console.log(f"run dir: {run.path}  resuming at update {state.step if state else 0}")
-            final = train_into(run, cfg, prep, text, clock, repeat, resume=state)
-    show(final, run.summary)
-    return run.summary
+    plot = Plotter.start()
+    try:
+        with runs.dir_lock(run_dir):  # held until the run is written: no two resumes at once
+            summary, final = resume_locked(run_dir, started, clock, plot)
+    finally:
+        plot.close()
+    show(final, summary)
+    return summary
+
+
+def resume_locked(run_dir: Path, started: float, clock, plot: Plotter) -> tuple:
+    """run_resume's checks and training, under the run's lock: (summary, final metrics)."""
+    summary = resumable_run(run_dir)
+    cfg = config_mod.load_config(run_dir / "config.yaml")
+    saved, repeat = resume_state(run_dir, summary)
+    prep = prepare(cfg, str(run_dir / "config.yaml"), clock, matplotlib=plot.pool is None)
+    if saved is not None:
+        checkpoint.verify(saved, cfg, prep, repeat, run_dir)
+        kept_snapshots(run_dir, cfg, saved.state.step, repeat)
+    state, text = saved.state if saved else None, config_mod.dump_yaml(cfg)
+    with runs.start_run(run_dir, "train", cfg, text, started, fresh=False,
+                        locked=True) as run:  # fmt: skip
+        run.summary["resumed_from_step"] = state.step if state else 0
+        console.log(f"run dir: {run.path}  resuming at update {state.step if state else 0}")
+        final = train_into(run, cfg, prep, text, clock, repeat, resume=state, plot=plot)
+    return run.summary, final
 
 
 def resumable_run(run_dir: Path) -> dict:

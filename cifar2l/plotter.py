@@ -1,0 +1,97 @@
+"""A run's figures drawn in a helper process, while the run itself reads data and trains.
+
+Importing matplotlib (0.5-0.8 s on the 2-core development machine) and drawing a run's four
+figures (0.3-0.4 s) is single-threaded Python: in the training process it held the GIL beside
+the data loading and then added its drawing to the end of every run. A helper process started
+with the command imports matplotlib on another core while the data loads, and draws the figures
+while the final evaluation runs. `wait()` returns once every figure is written (so a finished
+run directory is complete) and raises the error a figure raised, as drawing in process would.
+
+The helper is forked (Linux) when the command starts, before the data, the kernels and their
+thread pools exist: it inherits the imported modules, needs no resource tracker, and a command
+that exits at once (cli.leave) leaves nothing behind. Elsewhere (macOS, where fork is unsafe
+with system frameworks, and Windows) the figures are drawn in the command's own process.
+`CIFAR2L_PLOT_PROCESS=0` does that too (the test suite does, to spare a process per run); so
+does any failure to start or keep the helper (the figure is then drawn here).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+ENV = "CIFAR2L_PLOT_PROCESS"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def enabled(environ=os.environ) -> bool:
+    """Whether figures go to a helper: Linux (fork) and not CIFAR2L_PLOT_PROCESS=0."""
+    wanted = environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return wanted and sys.platform.startswith("linux")
+
+
+def _child_start() -> None:
+    """The helper's initializer: it ends with the command even if the command is killed
+    (Linux's parent-death signal), Ctrl-C is the command's to handle (no traceback of the
+    helper's own), and matplotlib loads now."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from . import plots
+
+    plots.warm_up()
+
+
+@dataclass
+class Plotter:
+    """Figures to draw: submit(fn, *args) now or in the helper; wait() for all of them."""
+
+    pool: concurrent.futures.ProcessPoolExecutor | None = None
+    pending: list = field(default_factory=list)  # (future, fn, args)
+
+    @classmethod
+    def start(cls) -> Plotter:
+        """The helper process, started now (it loads matplotlib); inline when disabled."""
+        if not enabled():
+            return cls()
+        try:
+            pool = concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("fork"), initializer=_child_start)
+            pool.submit(int)  # spawns the process now, not at the first figure
+        except (OSError, RuntimeError):  # no process to spare: draw here
+            return cls()
+        return cls(pool)
+
+    def submit(self, fn: Callable, *args) -> None:
+        """fn(*args) (a module-level function, picklable arguments) in the helper, or now."""
+        if self.pool is None:
+            fn(*args)
+            return
+        try:
+            self.pending.append((self.pool.submit(fn, *args), fn, args))
+        except (RuntimeError, concurrent.futures.BrokenExecutor):
+            fn(*args)
+
+    def wait(self) -> None:
+        """Every submitted figure written; a figure's error is raised here. A helper that died
+        (killed, out of memory) leaves its figures to be drawn here."""
+        pending, self.pending = self.pending, []
+        for future, fn, args in pending:
+            try:
+                future.result()
+            except concurrent.futures.BrokenExecutor:
+                fn(*args)
+
+    def close(self) -> None:
+        """Stop the helper and wait for it: quick, a forked worker leaves with os._exit (no
+        teardown), and its copy of the task pipe must not outlive the command."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None

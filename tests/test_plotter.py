@@ -1,0 +1,115 @@
+"""plotter.py: a run's figures drawn in a helper process, the same files as drawn in process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cifar2l import plots, plotter
+from cifar2l.errors import RunError
+from tests.conftest import ROOT, ok, only_dir
+
+FIGURES = ("accuracy.png", "cost.png", "loss.png", "lr.png")
+METRICS = [f"{k}_{m}" for k in ("train", "val") for m in ("loss", "cost", "accuracy")]
+ROWS = [{"step": s, **{key: 1.0 / (s + 1) for key in METRICS}} for s in range(0, 30, 10)]
+
+
+def _fail(path: str) -> None:
+    raise RunError(f"{path}: cannot write the figure (test)")
+
+
+def _write(path: str) -> None:
+    Path(path).write_text(str(os.getpid()))
+
+
+def _die_in_helper(parent: int, path: str) -> None:
+    """Kills the helper it runs in; drawn again here (the fallback), it writes `path`."""
+    if os.getpid() != parent:
+        os._exit(3)
+    _write(path)
+
+
+def test_helper_draws_in_another_process_and_waits(tmp_path, monkeypatch):
+    monkeypatch.setenv(plotter.ENV, "1")
+    plot = plotter.Plotter.start()
+    try:
+        assert plot.pool is not None
+        plot.submit(_write, str(tmp_path / "a"))
+        plot.wait()  # written when wait returns
+        assert int((tmp_path / "a").read_text()) != os.getpid()
+    finally:
+        plot.close()
+    assert plot.pool is None
+
+
+def test_a_figures_error_is_raised_by_wait(tmp_path, monkeypatch):
+    monkeypatch.setenv(plotter.ENV, "1")
+    plot = plotter.Plotter.start()
+    try:
+        plot.submit(_fail, str(tmp_path / "x.png"))
+        with pytest.raises(RunError, match="cannot write the figure"):
+            plot.wait()
+    finally:
+        plot.close()
+
+
+def test_a_dead_helper_leaves_its_figures_to_this_process(tmp_path, monkeypatch):
+    monkeypatch.setenv(plotter.ENV, "1")
+    plot = plotter.Plotter.start()
+    try:
+        plot.submit(_die_in_helper, os.getpid(), str(tmp_path / "a"))  # the pool breaks
+        plot.submit(_write, str(tmp_path / "b"))
+        plot.wait()
+        for name in ("a", "b"):
+            assert int((tmp_path / name).read_text()) == os.getpid()
+    finally:
+        plot.close()
+
+
+@pytest.mark.parametrize("value", ["0", "off", "no"])
+def test_disabled_draws_here(tmp_path, monkeypatch, value):
+    monkeypatch.setenv(plotter.ENV, value)
+    plot = plotter.Plotter.start()
+    assert plot.pool is None
+    plot.submit(_write, str(tmp_path / "c"))  # at once, before wait
+    assert int((tmp_path / "c").read_text()) == os.getpid()
+
+
+def test_helper_figures_equal_in_process_figures(smoke_args, tmp_path, monkeypatch):
+    """The same run drawn by the helper and in process: the same four PNGs, pixel for pixel."""
+    pixels = {}
+    for value in ("1", "0"):
+        monkeypatch.setenv(plotter.ENV, value)
+        out = tmp_path / f"runs-{value}"
+        ok("train", *smoke_args, "--out", out, "--name", "same")
+        run = only_dir(out)
+        pixels[value] = {f: Image.open(run / f).tobytes() for f in FIGURES}
+    assert pixels["1"] == pixels["0"]
+
+
+def test_cli_process_draws_and_leaves_no_helper(official_dir, tmp_path):
+    """The real command (python -m cifar2l): four figures, exit 0, no process left over."""
+    env = {**os.environ, plotter.ENV: "1"}
+    cmd = [sys.executable, "-m", "cifar2l", "train", str(ROOT / "configs" / "smoke.yaml"),
+           "--set", f"data.root={official_dir}", "--out", str(tmp_path / "runs"), "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "leaked" not in proc.stderr, proc.stderr
+    run = only_dir(tmp_path / "runs")
+    for f in FIGURES:
+        assert Image.open(run / f).size[0] > 100
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True)
+    assert left.stdout == b"", left.stdout
+
+
+def test_run_plots_draws_the_four_figures(tmp_path):
+    from cifar2l import config as config_mod
+
+    cfg = config_mod.load_config(ROOT / "configs" / "smoke.yaml")
+    plots.run_plots(ROWS, cfg, 20, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(FIGURES)
