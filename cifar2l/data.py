@@ -601,7 +601,7 @@ def fit_standardizer(x: np.ndarray, per: str = "per_feature") -> tuple[np.ndarra
     (kernels.column_sums), or float64 sums of float32 squares for other inputs, which are
     exact for pixel values (<= 255^2) too, so both give the same bits.
     """
-    if x.dtype == np.uint8 and kernels.loaded():  # (while numba loads: the float sums)
+    if x.dtype == np.uint8 and not kernels.importing():  # (while numba loads: float sums)
         total, squares = kernels.column_sums(x)
         mean, sq = total / len(x), squares / len(x)
     else:
@@ -623,7 +623,7 @@ def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray, dtype) -> np.n
     NumPy's passes of the reference, which give the same bits, do not wait for them."""
     dt = np.dtype(dtype)
     out = np.empty(x.shape, dtype=dt)
-    fn = kernels.standardize if kernels.loaded() else kernels.standardize_ref
+    fn = kernels.standardize_ref if kernels.importing() else kernels.standardize
     return fn(x, mean.astype(dt), std.astype(dt), out)
 
 

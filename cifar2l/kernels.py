@@ -116,11 +116,10 @@ def have_numba() -> bool:
     return _load() is not None
 
 
-def loaded() -> bool:
-    """Whether the compiled kernels are imported already; never waits for the import (the
-    data preparation takes the bitwise-equal reference meanwhile, see data.standardize)."""
-    loaded_ = _nb_module
-    return loaded_ is not _UNSET and loaded_ is not None and not isinstance(loaded_, Exception)
+def importing() -> bool:
+    """Whether another thread is importing the kernels right now (preload.py's): the data
+    preparation takes the bitwise-equal references meanwhile rather than wait for numba."""
+    return _nb_module is _UNSET and _load_lock.locked()
 
 
 def _apply_threads(nb, n: int | None) -> None:

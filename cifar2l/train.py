@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, console, data, ensemble, loop, network, plots, preload, runs, tta
+from . import checkpoint, console, data, ensemble, kernels, loop, network, plots, preload, runs, tta
 from . import config as config_mod
 from .errors import ConfigError, DivergedError, RunError
 from .loop import METRIC_COLUMNS
@@ -311,6 +311,7 @@ def prepare(cfg, config_path: str, clock: runs.Clock, matplotlib: bool = True):
     with clock("io"):
         prep = data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
         loading.join()
+        kernels.have_numba()  # a numba that failed to load in the thread: its error, now
     check_batch_size(cfg, prep, config_path)
     return prep
 
