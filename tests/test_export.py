@@ -184,7 +184,8 @@ def made(tmp_path_factory) -> SimpleNamespace:
         src = write_official_dir(base / "src", per_batch=60)  # a rise for lrrange
         common = ["--set", f"data.root={src}", "--quiet"]
         ok("train", SMOKE, *common, "--out", base / "train")
-        ok("train", SMOKE, *common, "--repeat", "2", "--out", base / "repeat")
+        # its own name: two runs started in the same second would share a run-dir name
+        ok("train", SMOKE, *common, "--repeat", "2", "--out", base / "repeat", "--name", "rep")
         ok("search", search_config(base / "search.yaml", src), "--out", base / "search",
            "--quiet")  # fmt: skip
         ok("lrrange", lrrange_config(base / "lr.yaml", src), "--out", base / "lrrange",
