@@ -103,8 +103,20 @@ def test_cli_process_draws_and_leaves_no_helper(official_dir, tmp_path):
     run = only_dir(tmp_path / "runs")
     for f in FIGURES:
         assert Image.open(run / f).size[0] > 100
-    left = subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True)
-    assert left.stdout == b"", left.stdout
+    assert not processes_naming(str(tmp_path / "runs"))
+
+
+def processes_naming(text: str) -> list[str]:
+    """Command lines (from /proc) of the live processes whose arguments contain `text`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if text in args:
+            found.append(args)
+    return found
 
 
 def test_run_plots_draws_the_four_figures(tmp_path):
@@ -113,3 +125,40 @@ def test_run_plots_draws_the_four_figures(tmp_path):
     cfg = config_mod.load_config(ROOT / "configs" / "smoke.yaml")
     plots.run_plots(ROWS, cfg, 20, tmp_path)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(FIGURES)
+
+
+HELPER_SCRIPT = """
+import sys, time
+from cifar2l import plotter
+plot = plotter.Plotter.start()
+plot.submit(time.sleep, 0)
+plot.wait()
+print(list(plot.pool._processes)[0], flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_command_takes_its_helper_along(monkeypatch):
+    """SIGKILL on the command (no cleanup of its own): the helper dies with it."""
+    import signal
+    import time
+
+    env = {**os.environ, plotter.ENV: "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", HELPER_SCRIPT], env=env,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    helper = int(proc.stdout.readline())
+    assert Path(f"/proc/{helper}").exists()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while not gone(helper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(helper)
+
+
+def gone(pid: int) -> bool:
+    """No such process, or a zombie (dead, waiting for init to reap it)."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
