@@ -187,13 +187,13 @@ def title_of(labels: list[str]) -> str:
 
 def figure(found: list[Compared], metrics: list[str], path: Path) -> None:
     """One panel per metric against the update step, one colour per run."""
-    from matplotlib import colormaps
-
     from .plots import _save, new_figure
 
     ncols = 1 if len(metrics) == 1 else 2
     nrows = -(-len(metrics) // ncols)
-    fig = new_figure((6.4 * ncols, 4.2 * nrows + 0.8), "constrained")
+    fig = new_figure((6.4 * ncols, 4.2 * nrows + 0.8), "constrained")  # imports matplotlib
+    from matplotlib import colormaps
+
     axes = fig.subplots(nrows, ncols, squeeze=False)
     colours = colormaps["tab10"].colors
     for ax, metric in zip(axes.flat, metrics, strict=False):

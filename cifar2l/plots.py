@@ -43,9 +43,10 @@ def warm_up() -> None:
     """Import matplotlib and draw one small figure with text into memory: the first figure of a
     process pays for loading the fonts and the renderer (~0.15 s), so preload.py pays it in
     its thread. The object API (no pyplot figure registry) is safe beside the main thread."""
+    figure = figure_class()  # first: matplotlib's first import is the one that logs
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig = figure_class()(figsize=(1, 1))
+    fig = figure(figsize=(1, 1))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], marker=".", label="x")
     ax.set(xlabel="x", title="x")
