@@ -1,4 +1,4 @@
 from .cli import main
 
-if __name__ == "__main__":  # not when a process imports it again (multiprocessing's spawn)
+if __name__ == "__main__":  # not when a process imports this module again (multiprocessing)
     main()

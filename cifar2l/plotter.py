@@ -7,12 +7,13 @@ with the command imports matplotlib on another core while the data loads, and dr
 while the final evaluation runs. `wait()` returns once every figure is written (so a finished
 run directory is complete) and raises the error a figure raised, as drawing in process would.
 
-The helper is forked (Linux) when the command starts, before the data, the kernels and their
-thread pools exist: it inherits the imported modules, needs no resource tracker, and a command
-that exits at once (cli.leave) leaves nothing behind. Elsewhere (macOS, where fork is unsafe
-with system frameworks, and Windows) the figures are drawn in the command's own process.
-`CIFAR2L_PLOT_PROCESS=0` does that too (the test suite does, to spare a process per run); so
-does any failure to start or keep the helper (the figure is then drawn here).
+The helper is forked (Linux) when the command starts, before the data and the kernels load
+(numba's thread pool does not exist yet; the helper never calls BLAS or a kernel): it inherits
+the imported modules, needs no resource tracker, and `close()` joins it quickly, so a command
+that then exits at once (cli.leave) leaves nothing behind. Elsewhere (macOS, where fork is
+unsafe with system frameworks, and Windows) the figures are drawn in the command's own
+process. `CIFAR2L_PLOT_PROCESS=0` does that too; so does any failure to start or keep the
+helper (the figure is then drawn here).
 """
 
 from __future__ import annotations
