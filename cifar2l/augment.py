@@ -83,6 +83,6 @@ def add_noise(xb, fraction: float, std: float, rng: np.random.Generator) -> np.n
     if k == 0 or std == 0:
         return np.empty(0, dtype=np.int64)
     rows = np.sort(rng.choice(n, size=k, replace=False))
-    noise = rng.standard_normal((k, xb.shape[1]), dtype=np.float32) * np.float32(std)
+    noise = kernels.standard_normal_f32(rng, (k, xb.shape[1])) * np.float32(std)
     xb[xp.asarray(rows)] += xp.asarray(noise.astype(xb.dtype, copy=False))
     return rows

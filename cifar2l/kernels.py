@@ -512,6 +512,49 @@ def column_sums(x):
     return s, q
 
 
+# --- 9. standard normal draws -------------------------------------------------------------
+
+NORMAL_MIN = 4096  # draws: fewer take NumPy's own call (reading and writing the state costs ~10 us)
+
+
+def standard_normal_f32_ref(rng: np.random.Generator, shape):
+    """The reference of `standard_normal_f32`: NumPy's draw."""
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def standard_normal_f32(rng: np.random.Generator, shape):
+    """rng.standard_normal(shape, dtype=float32), bit for bit, and rng advanced exactly as
+    that call would advance it. The compiled path (a PCG64 generator, NumPy's default) runs
+    NumPy's ziggurat with the generator's state inlined: 2.6x faster (table4-140's noise)."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    size = int(np.prod(shape))
+    bg = rng.bit_generator
+    nb = _load() if size >= NORMAL_MIN and type(bg) is np.random.PCG64 else None  # serial
+    if nb is None or nb.ZIGGURAT is None:
+        return standard_normal_f32_ref(rng, shape)
+    out = np.empty(size, np.float32)
+    with bg.lock:  # the generator's own lock, as NumPy's draw takes it
+        state = bg.state
+        st = _pcg64_words(state)
+        nb.normal_f32(st, out, *nb.ZIGGURAT)
+        bg.state = _pcg64_state(state, st)
+    return out.reshape(shape)
+
+
+def _pcg64_words(state: dict) -> np.ndarray:
+    """PCG64's state dict -> [state hi, state lo, inc hi, inc lo, has_uint32, uinteger]."""
+    s, inc = state["state"]["state"], state["state"]["inc"]
+    low = (1 << 64) - 1
+    return np.array([s >> 64, s & low, inc >> 64, inc & low, state["has_uint32"],
+                     state["uinteger"]], dtype=np.uint64)  # fmt: skip
+
+
+def _pcg64_state(state: dict, st: np.ndarray) -> dict:
+    """The state dict of words st (the increment is unchanged)."""
+    return {**state, "state": {**state["state"], "state": (int(st[0]) << 64) | int(st[1])},
+            "has_uint32": int(st[4]), "uinteger": int(st[5])}  # fmt: skip
+
+
 # --- warm-up ------------------------------------------------------------------------------
 
 
@@ -543,6 +586,9 @@ def warm_up(dtype) -> None:
     flips, shift = np.zeros(n, bool), np.zeros(n, np.int64)
     for reflect in (False, True):  # one compiled version serves both: a runtime flag
         gather_augment(x, shift, flips, shift, shift, 1, reflect, np.empty((n, PIXELS), dt))
+    if _load().ZIGGURAT is not None:  # float32 draws whatever the dtype (the noise is float32)
+        _load().normal_f32(_pcg64_words(np.random.PCG64(0).state), np.empty(2, np.float32),
+                           *_load().ZIGGURAT)  # fmt: skip
 
 
 if __name__ == "__main__":  # `python -m cifar2l.kernels` (make setup): compile into the cache
