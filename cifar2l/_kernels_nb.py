@@ -370,7 +370,7 @@ def gather_augment(x, idx, flips, dy, dx, reflect, out, zero):
 # NumPy's Generator.standard_normal(dtype=float32) is the ziggurat of numpy/random/src/
 # distributions (random_standard_normal_f) over PCG64's next_uint32, one call through a function
 # pointer per 32 bits. The same two algorithms with the generator's state in registers give the
-# same bits 2.6x faster (153,600 draws: 0.78 ms against 2.06 ms; table4-140's input noise).
+# same bits 3x faster (153,600 draws: 0.63 ms against 1.87 ms; table4-140's input noise).
 # The ziggurat tables are the ones numba ports from NumPy (numba.np.random._constants; tests
 # compare the draws with NumPy's bit for bit, and kernels.py falls back to NumPy without them).
 try:

@@ -436,7 +436,6 @@ def test_standard_normal_same_bits_and_state_as_numpy(seed, before, shape):
     same(ours.random(9), numpys.random(9))  # and the stream goes on the same
 
 
-
 # A state (met in a table4-140 run) whose draw 55,168 is a wedge case that NumPy accepts only
 # when exp(-x^2/2) is compared in double, as its C code does (a float32 exp rejected it).
 WEDGE_STATE = {"bit_generator": "PCG64", "has_uint32": 0, "uinteger": 3624194975,
@@ -449,6 +448,7 @@ def test_standard_normal_wedge_compared_in_double():
     ours.bit_generator.state = numpys.bit_generator.state = WEDGE_STATE
     same(kernels.standard_normal_f32(ours, (50, 3072)),
          numpys.standard_normal((50, 3072), dtype=np.float32))
+
 
 def test_standard_normal_other_bit_generator_is_numpys():
     a, b = np.random.Generator(np.random.Philox(3)), np.random.Generator(np.random.Philox(3))
