@@ -527,6 +527,10 @@ def select_splits(ds: Dataset, data_cfg, rng: np.random.Generator) -> dict:
 
 
 def _concat(parts):
+    """One (x, y) of the parts; a single part as it is (a read-only view of the cache, as the
+    test split is: its rows are read once, by the standardisation, and never copied raw)."""
+    if len(parts) == 1:
+        return parts[0]
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
 
@@ -598,11 +602,13 @@ def fit_standardizer(x: np.ndarray, per: str = "per_feature") -> tuple[np.ndarra
     per_feature: one mean and std per input (the study's); per_channel: one per colour plane
     (3 values, each repeated over its 1024 pixels), as convolutional pipelines standardise.
     One pass: E[x^2] - E[x]^2 from exact sums: integer sums of uint8 pixels and their squares
-    (kernels.column_sums), or float64 sums of float32 squares for other inputs, which are
-    exact for pixel values (<= 255^2) too, so both give the same bits.
+    (kernels.column_sums; its NumPy reference while numba loads), or float64 sums of float32
+    squares for other inputs, which are exact for pixel values (<= 255^2) too, so all give the
+    same bits.
     """
-    if x.dtype == np.uint8 and not kernels.importing():  # (while numba loads: float sums)
-        total, squares = kernels.column_sums(x)
+    if x.dtype == np.uint8:
+        sums = kernels.column_sums_ref if kernels.importing() else kernels.column_sums
+        total, squares = sums(x)
         mean, sq = total / len(x), squares / len(x)
     else:
         xf = x.astype(np.float32)

@@ -46,6 +46,7 @@ MAX_SHIFT = 31  # np.pad mode="reflect" cannot pad an axis by more than its leng
 _UNSET = object()
 _nb_module = _UNSET  # cifar2l._kernels_nb once loaded, None without numba, or why it failed
 _load_lock = threading.Lock()
+_warming = threading.Event()  # set while warm_up loads the compiled kernels (one at a time)
 _threads: int | None = None  # the count set_threads asked for
 PARALLEL_MIN = 1 << 20  # elements: smaller passes run on one thread
 _applied = threading.local()  # numba's thread count is per calling thread: apply it in each
@@ -119,9 +120,10 @@ def have_numba() -> bool:
 
 
 def importing() -> bool:
-    """Whether another thread is importing the kernels right now (preload.py's): the data
-    preparation takes the bitwise-equal references meanwhile rather than wait for numba."""
-    return _nb_module is _UNSET and _load_lock.locked()
+    """Whether another thread is importing or warming up the kernels right now (preload.py's):
+    the data preparation takes the bitwise-equal references meanwhile rather than wait for
+    numba (a kernel's first call waits while another thread loads one from the cache)."""
+    return (_nb_module is _UNSET and _load_lock.locked()) or _warming.is_set()
 
 
 def _apply_threads(nb, n: int | None) -> None:
@@ -493,11 +495,22 @@ def standardize(x, mean, std, out):
 # --- 8. column sums of pixels ----------------------------------------------------------------
 
 
+SUM_ROWS = 256  # rows per chunk of column_sums_ref
+
+
 def column_sums_ref(x):
-    """The reference of `column_sums`."""
+    """The reference of `column_sums`: exact integer sums over chunks of rows. A uint8 chunk is
+    squared in uint16 (255^2 fits), so no int64 copy of x is made: 10,000 CIFAR rows in 0.05 s
+    against 0.12 s for float sums (data.fit_standardizer's path while numba loads)."""
     xp = array_module(x)
-    x64 = x.astype(xp.int64)
-    return x64.sum(axis=0), (x64 * x64).sum(axis=0)
+    wide = xp.uint16 if x.dtype == xp.uint8 else xp.int64
+    s, q = xp.zeros(x.shape[1], xp.int64), xp.zeros(x.shape[1], xp.int64)
+    for start in range(0, x.shape[0], SUM_ROWS):
+        chunk = x[start : start + SUM_ROWS].astype(wide)
+        s += chunk.sum(axis=0, dtype=xp.int64)
+        chunk *= chunk
+        q += chunk.sum(axis=0, dtype=xp.int64)
+    return s, q
 
 
 def column_sums(x):
@@ -565,7 +578,15 @@ def warm_up(dtype) -> None:
     cache, before the first timed step (no-op without numba)."""
     if _load() is None:
         return
-    dt = np.dtype(dtype)
+    _warming.set()
+    try:
+        _warm_all(np.dtype(dtype))
+    finally:
+        _warming.clear()
+
+
+def _warm_all(dt: np.dtype) -> None:
+    """warm_up's calls: each kernel once on tiny arrays of dt."""
     t, n, h, c = 2, 3, 4, 10
     vec = np.full(t, 0.5, dt)
     p, g, v = np.ones((1, t, h), dt), np.ones((1, t, h), dt), np.zeros((1, t, h), dt)

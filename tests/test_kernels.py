@@ -388,7 +388,8 @@ def test_standardize_same_at_any_thread_count(threads):
 # --- 8. column sums ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (37, 3072), (5, 300)])  # one pixel, CIFAR rows, < COLS
+# one pixel, CIFAR rows, < COLS, several of the reference's chunks (SUM_ROWS) and a partial one
+@pytest.mark.parametrize("shape", [(1, 1), (37, 3072), (5, 300), (2 * kernels.SUM_ROWS + 3, 40)])
 def test_column_sums_equal_reference_and_float_sums(shape):
     x = np.random.default_rng(5).integers(0, 256, shape).astype(np.uint8)
     got, want = kernels.column_sums(x), kernels.column_sums_ref(x)
@@ -397,6 +398,30 @@ def test_column_sums_equal_reference_and_float_sums(shape):
     xf = x.astype(np.float64)
     same(got[0].astype(np.float64), xf.sum(axis=0))
     same(got[1].astype(np.float64), (xf * xf).sum(axis=0))
+
+
+def test_column_sums_reference_of_wider_integers_is_exact():
+    """Other integer inputs are summed in int64 (a uint16 square would wrap above 255)."""
+    x = np.random.default_rng(6).integers(0, 2**15, (kernels.SUM_ROWS + 9, 5)).astype(np.int16)
+    s, q = kernels.column_sums_ref(x)
+    x64 = x.astype(np.int64)
+    same(s, x64.sum(axis=0))
+    same(q, (x64 * x64).sum(axis=0))
+
+
+def test_data_takes_references_while_kernels_warm_up(monkeypatch):
+    """While another thread warms the kernels up (preload.py), the data preparation takes the
+    NumPy references instead of waiting on that thread; the result has the same bits."""
+    x = np.random.default_rng(7).integers(0, 256, (300, 64)).astype(np.uint8)
+    want = data.fit_standardizer(x), data.standardize(x, *data.fit_standardizer(x), "float32")
+    monkeypatch.setattr(kernels._warming, "is_set", lambda: True)
+    assert kernels.importing()
+    for name in ("column_sums", "standardize"):
+        monkeypatch.setattr(kernels, name, lambda *a, n=name: pytest.fail(f"compiled {n} called"))
+    mean, std = data.fit_standardizer(x)
+    same(mean, want[0][0])
+    same(std, want[0][1])
+    same(data.standardize(x, mean, std, "float32"), want[1])
 
 
 def test_column_sums_same_at_any_thread_count(threads):
@@ -477,6 +502,21 @@ def test_import_quiets_spinning_blas_workers_unless_set(given):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()  # fmt: skip
     assert out == [given or "4", "False"]
+
+
+@pytest.mark.parametrize("given", [None, "1"])
+def test_import_turns_numpys_huge_pages_off_unless_set(given):
+    """`import cifar2l` before numpy: numpy's own switch reads NUMPY_MADVISE_HUGEPAGE=0 (no
+    huge-page advice on new arrays: their first touch is slow on VM guests); a user's value
+    stands."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    if given:
+        env["NUMPY_MADVISE_HUGEPAGE"] = given
+    code = ("import cifar2l, os, numpy; core = getattr(numpy, '_core', None) or numpy.core; "
+            "print(os.environ['NUMPY_MADVISE_HUGEPAGE'], core.multiarray._get_madvise_hugepage())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()  # fmt: skip
+    assert out == [given or "0", "True" if given else "False"]
 
 
 def big_update():
