@@ -13,7 +13,9 @@ the imported modules, needs no resource tracker, and `close()` joins it quickly,
 that then exits at once (cli.leave) leaves nothing behind. Elsewhere (macOS, where fork is
 unsafe with system frameworks, and Windows) the figures are drawn in the command's own
 process. `CIFAR2L_PLOT_PROCESS=0` does that too; so does any failure to start or keep the
-helper (the figure is then drawn here).
+helper (the figure is then drawn here). A run's four figures are drawn two by the helper and
+two by a copy of it forked for them (`in_two`): the helper runs no thread besides its own, so
+that fork is safe, and the figures are written in about half the time.
 """
 
 from __future__ import annotations
@@ -72,13 +74,23 @@ class Plotter:
 
     def submit(self, fn: Callable, *args) -> None:
         """fn(*args) (a module-level function, picklable arguments) in the helper, or now."""
+        self._submit(fn, fn, args)
+
+    def submit_figures(self, make: Callable, *args) -> None:
+        """Every call of make(*args) (module-level; a list of calls that draw one figure
+        each): in the helper, half of them in a copy of it forked meanwhile (in_two), or
+        here in turn."""
+        self._submit(_figures_in_two, _figures_in_turn, (make, *args))
+
+    def _submit(self, task: Callable, here: Callable, args: tuple) -> None:
+        """task(*args) in the helper, or here(*args) now (no helper, or it broke)."""
         if self.pool is None:
-            fn(*args)
+            here(*args)
             return
         try:
-            self.pending.append((self.pool.submit(fn, *args), fn, args))
+            self.pending.append((self.pool.submit(task, *args), here, args))
         except (RuntimeError, concurrent.futures.BrokenExecutor):
-            fn(*args)
+            here(*args)
 
     def wait(self) -> None:
         """Every submitted figure written; a figure's error is raised here. A helper that died
@@ -96,3 +108,54 @@ class Plotter:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
             self.pool = None
+
+
+def _figures_in_turn(make: Callable, *args) -> None:
+    for draw in make(*args):
+        draw()
+
+
+def _figures_in_two(make: Callable, *args) -> None:
+    """The helper's task of submit_figures."""
+    in_two(make(*args))
+
+
+def in_two(draws: list) -> None:
+    """Each call of `draws`, the second half in a forked copy of this process meanwhile: a
+    run's four figures took 0.20-0.27 s against 0.35-0.49 s in turn (2 cores). Only for
+    the helper, which runs no other thread (a fork copies none). A copy that cannot start or
+    that fails leaves its half to this process, which then raises the error there was."""
+    half = len(draws) // 2
+    pid = _fork()
+    if pid == 0:
+        _draw_and_leave(draws[half:])
+    for draw in draws[:half]:
+        draw()
+    if pid is None or not _succeeded(pid):
+        for draw in draws[half:]:
+            draw()
+
+
+def _fork() -> int | None:
+    try:
+        return os.fork()
+    except OSError:  # no process to spare
+        return None
+
+
+def _draw_and_leave(draws: list) -> None:
+    """The forked copy: draw, then exit at once (0 when every figure was written)."""
+    code = 1
+    try:
+        with contextlib.suppress(OSError, AttributeError):  # ends with the helper
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        for draw in draws:
+            draw()
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _succeeded(pid: int) -> bool:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0

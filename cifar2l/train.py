@@ -170,7 +170,7 @@ def finish_run(run, cfg, prep, params, rows, config_text: str, clock: runs.Clock
     total, plot = total_steps(cfg.schedule), plot or Plotter()
     with clock("io"):
         runs.write_csv(run.path / "metrics.csv", METRIC_COLUMNS, rows)
-        plot.submit(plots.run_plots, rows, cfg, total, run.path)
+        plot.submit_figures(plots.run_figures, rows, cfg, total, run.path)
     if final is None:
         with clock("eval"):
             final = final_metrics(params, prep, cfg.optim.lambda_)[0]

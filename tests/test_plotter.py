@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -117,6 +118,40 @@ def processes_naming(text: str) -> list[str]:
         if text in args:
             found.append(args)
     return found
+
+
+def _fail_in_child(parent: int, path: str) -> None:
+    if os.getpid() != parent:
+        raise RuntimeError("a figure's error (test)")
+    _write(path)
+
+
+def test_in_two_draws_half_in_a_forked_copy(tmp_path):
+    paths = [tmp_path / name for name in "abcd"]
+    plotter.in_two([functools.partial(_write, str(p)) for p in paths])
+    pids = [int(p.read_text()) for p in paths]
+    assert pids[:2] == [os.getpid()] * 2
+    assert pids[2] == pids[3] != os.getpid()
+
+
+def test_in_two_redraws_what_the_copy_failed_and_raises_what_fails_here(tmp_path):
+    """A figure the copy could not write is drawn here; an error here is the caller's."""
+    draws = [functools.partial(_write, str(tmp_path / "a")),
+             functools.partial(_fail_in_child, os.getpid(), str(tmp_path / "b"))]  # fmt: skip
+    plotter.in_two(draws)
+    assert [int((tmp_path / n).read_text()) for n in "ab"] == [os.getpid()] * 2
+    with pytest.raises(RunError, match="cannot write the figure"):
+        plotter.in_two([functools.partial(_write, str(tmp_path / "c")),
+                        functools.partial(_fail, str(tmp_path / "x.png"))])  # fmt: skip
+
+
+def test_in_two_without_a_process_to_spare_draws_everything_here(tmp_path, monkeypatch):
+    def no_fork():
+        raise OSError("Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    plotter.in_two([functools.partial(_write, str(tmp_path / n)) for n in "ab"])
+    assert [int((tmp_path / n).read_text()) for n in "ab"] == [os.getpid()] * 2
 
 
 def test_run_plots_draws_the_four_figures(tmp_path):
