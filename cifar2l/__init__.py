@@ -15,11 +15,12 @@ import os
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "21")
 
 # NumPy asks Linux for transparent huge pages on every array of 4 MiB or more. On the 2-core
-# VM guests we run on, a fresh 2 MiB page is backed by the host on first touch, so writing a
-# new 123 MB array took 0.42-0.56 s against 0.03-0.07 s with 4 KiB pages, and a default run
-# writes three (the standardised splits): its start-up took ~0.6 s longer. The training loops
-# ran no slower without them (README, Performance). Read when numpy loads, as above; a user's
-# own value stands. Timing only, never results.
+# VM guests we run on, a fresh 2 MiB page is often backed by the host at its first touch:
+# writing a new 123 MB array took 0.42-0.62 s against 0.06-0.09 s without the advice, and a
+# default run writes three (the standardised splits), until the guest's memory had been
+# touched once (then 0.04-0.06 s either way): it matters on fresh machines, like CI's. The
+# training loops ran no slower without it (README, Performance). Read when numpy loads, as
+# above; a user's own value stands. Timing only, never results.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 __version__ = "0.1.0"

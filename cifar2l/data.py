@@ -527,8 +527,8 @@ def select_splits(ds: Dataset, data_cfg, rng: np.random.Generator) -> dict:
 
 
 def _concat(parts):
-    """One (x, y) of the parts; a single part as it is (a read-only view of the cache, as the
-    test split is: its rows are read once, by the standardisation, and never copied raw)."""
+    """One (x, y) of the parts; a single part as it is, a read-only view of the cache like the
+    test split (its raw rows are only read: checked, hashed and standardised; not copied)."""
     if len(parts) == 1:
         return parts[0]
     return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])

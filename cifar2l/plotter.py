@@ -129,9 +129,12 @@ def in_two(draws: list) -> None:
     pid = _fork()
     if pid == 0:
         _draw_and_leave(draws[half:])
-    for draw in draws[:half]:
-        draw()
-    if pid is None or not _succeeded(pid):
+    try:
+        for draw in draws[:half]:
+            draw()
+    finally:  # the copy is waited for even when a figure here fails
+        done = pid is not None and _succeeded(pid)
+    if not done:
         for draw in draws[half:]:
             draw()
 
@@ -157,5 +160,8 @@ def _draw_and_leave(draws: list) -> None:
 
 
 def _succeeded(pid: int) -> bool:
-    _, status = os.waitpid(pid, 0)
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:  # reaped elsewhere: its figures may be missing, draw them here
+        return False
     return os.waitstatus_to_exitcode(status) == 0

@@ -145,6 +145,13 @@ def test_in_two_redraws_what_the_copy_failed_and_raises_what_fails_here(tmp_path
                         functools.partial(_fail, str(tmp_path / "x.png"))])  # fmt: skip
 
 
+def test_in_two_waits_for_the_copy_before_raising_an_error_here(tmp_path):
+    with pytest.raises(RunError, match="cannot write the figure"):
+        plotter.in_two([functools.partial(_fail, str(tmp_path / "x.png")),
+                        functools.partial(_write, str(tmp_path / "b"))])  # fmt: skip
+    assert int((tmp_path / "b").read_text()) != os.getpid()  # written when in_two raised
+
+
 def test_in_two_without_a_process_to_spare_draws_everything_here(tmp_path, monkeypatch):
     def no_fork():
         raise OSError("Resource temporarily unavailable")
