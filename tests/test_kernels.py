@@ -490,18 +490,22 @@ def test_standard_normal_takes_the_compiled_path(monkeypatch):
 # --- threads, import, warm-up, on-disk cache -------------------------------------------------
 
 
+def fresh_import(var: str, given: str | None, code: str) -> list[str]:
+    """What `code` prints in a fresh interpreter with `var` unset, or set to `given`."""
+    env = {k: v for k, v in os.environ.items() if k != var}
+    if given:
+        env[var] = given
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, check=True).stdout.split()  # fmt: skip
+
+
 @pytest.mark.parametrize("given", [None, "20"])
 def test_import_quiets_spinning_blas_workers_unless_set(given):
     """`import cifar2l` sets OPENBLAS_THREAD_TIMEOUT=21 before numpy loads OpenBLAS, so idle
     BLAS threads spin ~1 ms, not ~0.1 s, on the kernels' cores; a user's value stands."""
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    if given:
-        env["OPENBLAS_THREAD_TIMEOUT"] = given
     code = ("import cifar2l, os, sys; "
             "print(os.environ['OPENBLAS_THREAD_TIMEOUT'], 'numpy' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()  # fmt: skip
-    assert out == [given or "21", "False"]
+    assert fresh_import("OPENBLAS_THREAD_TIMEOUT", given, code) == [given or "21", "False"]
 
 
 @pytest.mark.parametrize("given", [None, "1"])
@@ -509,13 +513,9 @@ def test_import_turns_numpys_huge_pages_off_unless_set(given):
     """`import cifar2l` before numpy: numpy's own switch reads NUMPY_MADVISE_HUGEPAGE=0 (no
     huge-page advice on new arrays: their first touch is slow on VM guests); a user's value
     stands."""
-    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
-    if given:
-        env["NUMPY_MADVISE_HUGEPAGE"] = given
     code = ("import cifar2l, os, numpy; core = getattr(numpy, '_core', None) or numpy.core; "
             "print(os.environ['NUMPY_MADVISE_HUGEPAGE'], core.multiarray._get_madvise_hugepage())")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()  # fmt: skip
+    out = fresh_import("NUMPY_MADVISE_HUGEPAGE", given, code)
     assert out == [given or "0", "True" if given else "False"]
 
 
