@@ -258,7 +258,8 @@ def torch_loop(cfg, prep, steps: int, n_threads: int) -> float | None:
     except ImportError:
         return None
     torch.set_num_threads(n_threads)
-    x, y = torch.from_numpy(prep.train.x), torch.from_numpy(prep.train.y)
+    # the labels of a one-batch split are a read-only view of the data cache: torch wants a copy
+    x, y = torch.from_numpy(prep.train.x), torch.from_numpy(np.array(prep.train.y))
     idx = torch.from_numpy(batch_order(cfg, len(prep.train.y), steps))
     eta = make_schedule(cfg.schedule)
     model, opt, loss_fn = torch_model(torch, cfg, x.shape[1])
