@@ -46,7 +46,7 @@ MAX_SHIFT = 31  # np.pad mode="reflect" cannot pad an axis by more than its leng
 _UNSET = object()
 _nb_module = _UNSET  # cifar2l._kernels_nb once loaded, None without numba, or why it failed
 _load_lock = threading.Lock()
-_warming = threading.Event()  # set while warm_up loads the compiled kernels (one at a time)
+_warming = threading.Event()  # set while warm_up loads the compiled kernels
 _threads: int | None = None  # the count set_threads asked for
 PARALLEL_MIN = 1 << 20  # elements: smaller passes run on one thread
 _applied = threading.local()  # numba's thread count is per calling thread: apply it in each

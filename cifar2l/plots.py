@@ -164,35 +164,20 @@ def learning_rate(lr_fn, total: int, path: Path, title: str = "learning-rate sch
     return fig
 
 
-def training_figures(rows: list[dict], lr_fn, total: int, run_dir: Path, cfg) -> list:
-    """cost.png, loss.png, accuracy.png and lr.png, titled with the run's name and settings:
-    one call each, which draws and writes that figure."""
+def run_figures(rows: list[dict], cfg, total: int, run_dir: Path) -> list:
+    """cost.png, loss.png, accuracy.png and lr.png of a run, titled with its name and settings:
+    one call each, which draws and writes that figure (picklable arguments: plotter.py's
+    helper draws them)."""
+    from .schedule import make_schedule
+
     name, sub = run_name(run_dir), settings(cfg)
     draws = [functools.partial(curve, rows, metric, run_dir / f"{metric}.png",
                                title_lines(f"{name} · {metric}", sub))
              for metric in ("cost", "loss", "accuracy")]  # fmt: skip
-    draws.append(functools.partial(learning_rate, lr_fn, total, run_dir / "lr.png",
+    draws.append(functools.partial(learning_rate, make_schedule(cfg.schedule), total,
+                                   run_dir / "lr.png",
                                    title_lines(f"{name} · learning-rate schedule", sub)))
     return draws
-
-
-def training_plots(rows: list[dict], lr_fn, total: int, run_dir: Path, cfg) -> None:
-    """The four training_figures, drawn in turn."""
-    for draw in training_figures(rows, lr_fn, total, run_dir, cfg):
-        draw()
-
-
-def run_figures(rows: list[dict], cfg, total: int, run_dir: Path) -> list:
-    """training_figures of a run from its config (picklable arguments: plotter.py's helper)."""
-    from .schedule import make_schedule
-
-    return training_figures(rows, make_schedule(cfg.schedule), total, run_dir, cfg)
-
-
-def run_plots(rows: list[dict], cfg, total: int, run_dir: Path) -> None:
-    """The four run_figures, drawn in turn."""
-    for draw in run_figures(rows, cfg, total, run_dir):
-        draw()
 
 
 PANELS = ("loss", "cost", "accuracy")  # the study's figures, left to right

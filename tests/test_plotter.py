@@ -161,11 +161,11 @@ def test_in_two_without_a_process_to_spare_draws_everything_here(tmp_path, monke
     assert [int((tmp_path / n).read_text()) for n in "ab"] == [os.getpid()] * 2
 
 
-def test_run_plots_draws_the_four_figures(tmp_path):
+def test_run_figures_draw_the_four_figures(tmp_path):
     from cifar2l import config as config_mod
 
     cfg = config_mod.load_config(ROOT / "configs" / "smoke.yaml")
-    plots.run_plots(ROWS, cfg, 20, tmp_path)
+    plotter.Plotter().submit_figures(plots.run_figures, ROWS, cfg, 20, tmp_path)  # in turn, here
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(FIGURES)
 
 
