@@ -22,7 +22,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba  # noqa: E402, F401  (kernels.py reaches numba through this module)
 import numpy as np  # noqa: E402
-from numba import njit, prange  # noqa: E402
+from llvmlite import ir  # noqa: E402
+from numba import njit, prange, types  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 BLOCK = 4096  # elements per parallel task: a one-row view of a wide parameter still splits
 
@@ -387,14 +389,19 @@ PCG_MULT_LO = np.uint64(4865540595714422341)
 LOW32 = np.uint64(0xFFFFFFFF)
 
 
-@njit(inline="always")
-def _mulhi64(a, b):
-    """The high 64 bits of the 128-bit product of two uint64 (from 32-bit halves)."""
-    a0, a1 = a & LOW32, a >> np.uint64(32)
-    b0, b1 = b & LOW32, b >> np.uint64(32)
-    p00, p01, p10 = a0 * b0, a0 * b1, a1 * b0
-    mid = (p00 >> np.uint64(32)) + (p01 & LOW32) + (p10 & LOW32)
-    return a1 * b1 + (p01 >> np.uint64(32)) + (p10 >> np.uint64(32)) + (mid >> np.uint64(32))
+@intrinsic
+def _mulhi64(typingctx, a, b):
+    """The high 64 bits of the 128-bit product of two uint64: one widening multiply in LLVM
+    IR (numba has no 128-bit integer; the same from 32-bit halves took four multiplies, and
+    multiplies bound the PCG64 step)."""
+
+    def codegen(context, builder, signature, args):
+        wide = ir.IntType(128)
+        x, y = builder.zext(args[0], wide), builder.zext(args[1], wide)
+        return builder.trunc(builder.lshr(builder.mul(x, y), ir.Constant(wide, 64)),
+                             ir.IntType(64))  # fmt: skip
+
+    return types.uint64(types.uint64, types.uint64), codegen
 
 
 @njit(inline="always")
@@ -472,6 +479,35 @@ def normal_f32(st, out, ki, wi, fi, r_f, inv_r_f):
     st[0], st[1], st[4], st[5] = s_hi, s_lo, has, buf
 
 
+@njit(inline="always")
+def _unit_f32(r, scale):
+    """NumPy's next_float: the top 24 of 32 random bits times 2^-24 (exact)."""
+    return np.float32(np.int32(r >> np.uint64(8))) * scale
+
+
+@_run
+def uniform_f32(st, out):
+    """out (M,) float32 = the next M uniforms in [0, 1) of the PCG64 state st (advanced, see
+    _next32), in the order and bits of NumPy's Generator.random(M, dtype=float32): 32-bit
+    draws, the low half of each 64-bit output first, then its high half."""
+    s_hi, s_lo, i_hi, i_lo, has, buf = st[0], st[1], st[2], st[3], st[4], st[5]
+    scale = np.float32(1.0 / 16777216.0)
+    n, i = out.shape[0], 0
+    if has != 0 and n > 0:  # the pending high half of the last output comes first
+        out[0] = _unit_f32(buf, scale)
+        has, i = np.uint64(0), 1
+    while i < n:
+        s_hi, s_lo, nxt = _pcg64_step(s_hi, s_lo, i_hi, i_lo)
+        buf = nxt >> np.uint64(32)  # NumPy keeps the high half even once it is used
+        out[i] = _unit_f32(nxt & LOW32, scale)
+        if i + 1 < n:
+            out[i + 1] = _unit_f32(buf, scale)
+        else:  # an odd end: the high half waits for the next draw, as in NumPy
+            has = np.uint64(1)
+        i += 2
+    st[0], st[1], st[4], st[5] = s_hi, s_lo, has, buf
+
+
 ALL = (update_sgd, update_momentum, update_sgd_rows, update_momentum_rows, relu_bias,
        relu_bias_dropout, relu_backward, relu_backward_scaled, softmax_xent, gather_rows,
-       gather_augment, standardize, column_sums, normal_f32)  # fmt: skip
+       gather_augment, standardize, column_sums, normal_f32, uniform_f32)  # fmt: skip

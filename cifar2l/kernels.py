@@ -49,6 +49,7 @@ _load_lock = threading.Lock()
 _warming = threading.Event()  # set while warm_up loads the compiled kernels
 _threads: int | None = None  # the count set_threads asked for
 PARALLEL_MIN = 1 << 20  # elements: smaller passes run on one thread
+FLOATS = "fd"  # dtype.char of float32 and float64, the dtypes the kernels are compiled for
 _applied = threading.local()  # numba's thread count is per calling thread: apply it in each
 
 
@@ -150,7 +151,7 @@ def _compiled(dtype, *arrays):
 
     A kernel over fewer than PARALLEL_MIN elements (the first array) runs on one thread: waking
     the pool would cost more than the pass (a 50-unit layer's update is ~10 us of work)."""
-    if dtype is not None and dtype not in (np.float32, np.float64):
+    if dtype is not None and dtype.char not in FLOATS:
         return None
     for a in arrays:
         if a is not None and not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
@@ -174,6 +175,13 @@ def _require(ok: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def _ndim(name: str, a, n: int, axes: str) -> None:
+    """a.ndim == n, or a ValueError naming the axes: '{name} must be {axes}, got shape ...'
+    (the message is built only on failure: the checks run at every step)."""
+    if a.ndim != n:
+        raise ValueError(f"{name} must be {axes}, got shape {tuple(a.shape)}")
+
+
 def _dtypes(dtype, **arrays) -> None:
     for name, a in arrays.items():
         if a is not None and a.dtype != dtype:
@@ -181,9 +189,10 @@ def _dtypes(dtype, **arrays) -> None:
 
 
 def _shapes(shape, **arrays) -> None:
+    shape = tuple(shape)
     for name, a in arrays.items():
-        if a is not None and tuple(a.shape) != tuple(shape):
-            raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {tuple(shape)}")
+        if a is not None and a.shape != shape:
+            raise ValueError(f"{name} has shape {tuple(a.shape)}, expected {shape}")
 
 
 def _in_range(name: str, a, lo: int, hi: int) -> None:
@@ -220,7 +229,7 @@ def update(p, g, v, lr, l2, gamma, decay, nesterov: bool) -> None:
         SGD:  p = q - lr gt
         momentum: v = gamma v + lr gt;  p = q - (gamma v + lr gt) if nesterov else q - v
     """
-    _require(p.ndim == 3, f"p must be (R, T, K), got shape {tuple(p.shape)}")
+    _ndim("p", p, 3, "(R, T, K)")
     _require(v is None or gamma is not None, "momentum (v given) needs gamma")
     gamma_used = None if v is None else gamma
     _shapes(p.shape, g=g, v=v)
@@ -268,7 +277,7 @@ def relu_dropout_forward_ref(s, b, u, p, scale):
 
 
 def _check_forward(s, b, u, p, scale) -> None:
-    _require(s.ndim == 3, f"s must be (N, T, H), got shape {tuple(s.shape)}")
+    _ndim("s", s, 3, "(N, T, H)")
     n, t, h = s.shape
     _shapes((t, h), b=b)
     _dtypes(s.dtype, b=b)
@@ -319,7 +328,7 @@ def relu_dropout_backward(dhd, hd, scale, out):
     layer gives it; hd (N, T, H): relu_dropout_forward's output; scale (T,) in hd's dtype, or
     None (no dropout: no multiply); out (N, T, H), written, may be hd itself (each element of
     hd is read before it is overwritten). All C-contiguous for the compiled path."""
-    _require(hd.ndim == 3, f"hd must be (N, T, H), got shape {tuple(hd.shape)}")
+    _ndim("hd", hd, 3, "(N, T, H)")
     n, t, h = hd.shape
     _shapes((t, n, h), dhd=dhd)
     _shapes(hd.shape, out=out)
@@ -369,7 +378,7 @@ def softmax_xent(scores, y, smoothing):
     dtype (0: none; the target is 1 - e_t on the label plus e_t / C on every class). Each row
     is computed in float64 and only dscores are rounded to the dtype. Returns (losses (T,)
     float64, of the inputs' array module, bitwise independent of the thread count; scores)."""
-    _require(scores.ndim == 3, f"scores must be (T, N, C), got shape {tuple(scores.shape)}")
+    _ndim("scores", scores, 3, "(T, N, C)")
     t, n, c = scores.shape
     _shapes((n,), y=y)
     _shapes((t,), smoothing=smoothing)
@@ -400,7 +409,7 @@ def gather_rows(x, idx, out):
     """out[i] = x[idx[i]]: the batch rows (N, D) of x (M, D), written into out and returned;
     idx (N,) int in [0, M). The compiled path copies the rows on several threads (a batch
     of 100 rows from a 45,000-row split: half the time of np.take)."""
-    _require(x.ndim == 2, f"x must be (M, D), got shape {tuple(x.shape)}")
+    _ndim("x", x, 2, "(M, D)")
     _shapes((len(idx), x.shape[1]), out=out)
     _dtypes(x.dtype, out=out)
     idx64 = np.ascontiguousarray(idx, dtype=np.int64)
@@ -527,9 +536,9 @@ def column_sums(x):
     return s, q
 
 
-# --- 9. standard normal draws -------------------------------------------------------------
+# --- 9. float32 normal and uniform draws ---------------------------------------------------
 
-NORMAL_MIN = 4096  # draws: fewer take NumPy's own call (reading and writing the state costs ~10 us)
+DRAW_MIN = 4096  # draws: fewer take NumPy's own call (reading and writing the state costs ~10 us)
 
 
 def standard_normal_f32_ref(rng: np.random.Generator, shape):
@@ -540,18 +549,40 @@ def standard_normal_f32_ref(rng: np.random.Generator, shape):
 def standard_normal_f32(rng: np.random.Generator, shape):
     """rng.standard_normal(shape, dtype=float32), bit for bit, and rng advanced exactly as
     that call would advance it. The compiled path (a PCG64 generator, NumPy's default) runs
-    NumPy's ziggurat with the generator's state inlined: 3x faster (table4-140's noise)."""
+    NumPy's ziggurat with the generator's state inlined: 2.5-3x faster (table4-140's noise)."""
+    out = _pcg64_fill(rng, shape, lambda nb: nb.ZIGGURAT and (
+        lambda st, out: nb.normal_f32(st, out, *nb.ZIGGURAT)))  # fmt: skip
+    return standard_normal_f32_ref(rng, shape) if out is None else out
+
+
+def random_f32_ref(rng: np.random.Generator, shape):
+    """The reference of `random_f32`: NumPy's draw."""
+    return rng.random(shape, dtype=np.float32)
+
+
+def random_f32(rng: np.random.Generator, shape):
+    """rng.random(shape, dtype=float32), bit for bit, and rng advanced exactly as that call
+    would advance it: the dropout masks' uniforms (500 x 140 in table4-140's step). The
+    compiled path (PCG64) keeps the generator's state in registers: 2x faster."""
+    out = _pcg64_fill(rng, shape, lambda nb: nb.uniform_f32)
+    return random_f32_ref(rng, shape) if out is None else out
+
+
+def _pcg64_fill(rng: np.random.Generator, shape, kernel):
+    """A new float32 array of `shape` filled by kernel(nb)(st, out) from rng's PCG64 state
+    words st, rng advanced to the words it leaves; None (take NumPy's draw) for a small
+    draw, another bit generator, or no compiled kernel (kernel(nb) falsy)."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    size = int(np.prod(shape))
-    bg = rng.bit_generator
-    nb = _load() if size >= NORMAL_MIN and type(bg) is np.random.PCG64 else None  # serial
-    if nb is None or nb.ZIGGURAT is None:
-        return standard_normal_f32_ref(rng, shape)
+    size, bg = int(np.prod(shape)), rng.bit_generator
+    nb = _load() if size >= DRAW_MIN and type(bg) is np.random.PCG64 else None  # serial
+    fill = nb and kernel(nb)
+    if not fill:
+        return None
     out = np.empty(size, np.float32)
     with bg.lock:  # the generator's own lock, as NumPy's draw takes it
         state = bg.state
         st = _pcg64_words(state)
-        nb.normal_f32(st, out, *nb.ZIGGURAT)
+        fill(st, out)
         bg.state = _pcg64_state(state, st)
     return out.reshape(shape)
 
@@ -610,9 +641,10 @@ def _warm_all(dt: np.dtype) -> None:
     for reflect in (False, True):  # one compiled version serves both: a runtime flag
         gather_augment(x, shift, flips, shift, shift, 1, reflect, np.empty((n, PIXELS), dt))
     nb = _load()
-    if nb.ZIGGURAT is not None:  # float32 draws whatever the dtype (the noise is float32)
-        nb.normal_f32(_pcg64_words(np.random.PCG64(0).state), np.empty(2, np.float32),
-                      *nb.ZIGGURAT)  # fmt: skip
+    words = _pcg64_words(np.random.PCG64(0).state)  # float32 draws whatever the dtype
+    nb.uniform_f32(words, np.empty(3, np.float32))
+    if nb.ZIGGURAT is not None:
+        nb.normal_f32(words, np.empty(2, np.float32), *nb.ZIGGURAT)
 
 
 if __name__ == "__main__":  # `python -m cifar2l.kernels` (make setup): compile into the cache

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import augment, network, optim, runs
+from . import augment, kernels, network, optim, runs
 from . import average as avg_mod
 from .errors import DivergedError, RunError
 from .rngs import make_rngs
@@ -210,8 +210,8 @@ def train_step(state: TrainState, stack: Stack, xb, yb, buffers: dict) -> None:
     p, t = state.params, state.step
     u = None
     if stack.dropout.any():
-        u = network.array_module(xb).asarray(
-            state.rngs["dropout"].random((len(xb), p["W2"].shape[1]), dtype=np.float32))
+        u = network.array_module(xb).asarray(  # drawn on the host: CuPy gets the same bits
+            kernels.random_f32(state.rngs["dropout"], (len(xb), p["W2"].shape[1])))
     losses, _, grads = network.loss_and_grads(p, xb, yb, 0.0, stack.dropout, u,
                                               stack.smoothing, with_cost=False, out=buffers)
     lr = stack.lr(t)

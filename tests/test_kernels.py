@@ -438,24 +438,32 @@ def test_fit_standardizer_of_pixels_same_bits_as_float_sums():
             same(a, b)
 
 
-# --- 9. standard normal draws -----------------------------------------------------------------
+# --- 9. float32 normal and uniform draws -----------------------------------------------------
+
+# (ours, NumPy's): each compiled draw against the Generator method it reproduces
+DRAWS = {"normal": (kernels.standard_normal_f32,
+                    lambda rng, shape: rng.standard_normal(shape, dtype=np.float32)),
+         "uniform": (kernels.random_f32, lambda rng, shape: rng.random(shape, dtype=np.float32))}
 
 
-def draw_both(seed: int, before: int, shape):
+def draw_both(seed: int, before: int, shape, kind: str = "normal"):
     """(our draw, NumPy's draw, our generator, NumPy's) from two equal generators that first
     drew `before` float32 uniforms (odd: a buffered half of a 64-bit output is pending)."""
     ours, numpys = np.random.default_rng(seed), np.random.default_rng(seed)
     ours.random(before, dtype=np.float32)
     numpys.random(before, dtype=np.float32)
-    got = kernels.standard_normal_f32(ours, shape)
-    return got, numpys.standard_normal(shape, dtype=np.float32), ours, numpys
+    mine, theirs = DRAWS[kind]
+    return mine(ours, shape), theirs(numpys, shape), ours, numpys
 
 
-# 10^6 draws take the ziggurat's rare branches thousands of times (the tail at idx 0 too)
+# 10^6 normals take the ziggurat's rare branches thousands of times (the tail at idx 0 too);
+# odd sizes and odd `before` leave or find half of a 64-bit output pending
+@pytest.mark.parametrize("kind", sorted(DRAWS))
 @pytest.mark.parametrize("seed, before, shape", [(0, 0, (50, 3072)), (1, 1, (4097,)),
-                                                 (7, 3, 10**6), (42, 0, (3, 0)), (5, 1, 7)])
-def test_standard_normal_same_bits_and_state_as_numpy(seed, before, shape):
-    got, want, ours, numpys = draw_both(seed, before, shape)
+                                                 (7, 3, 10**6), (42, 0, (3, 0)), (5, 1, 7),
+                                                 (3, 1, (500, 140)), (4, 0, 4099)])
+def test_draw_same_bits_and_state_as_numpy(kind, seed, before, shape):
+    got, want, ours, numpys = draw_both(seed, before, shape, kind)
     same(got, want)
     assert ours.bit_generator.state == numpys.bit_generator.state
     same(ours.random(9), numpys.random(9))  # and the stream goes on the same
@@ -475,16 +483,20 @@ def test_standard_normal_wedge_compared_in_double():
          numpys.standard_normal((50, 3072), dtype=np.float32))
 
 
-def test_standard_normal_other_bit_generator_is_numpys():
+@pytest.mark.parametrize("kind", sorted(DRAWS))
+def test_draw_other_bit_generator_is_numpys(kind):
     a, b = np.random.Generator(np.random.Philox(3)), np.random.Generator(np.random.Philox(3))
-    same(kernels.standard_normal_f32(a, (2, 5000)), b.standard_normal((2, 5000), dtype=np.float32))
+    mine, theirs = DRAWS[kind]
+    same(mine(a, (2, 5000)), theirs(b, (2, 5000)))
 
 
-def test_standard_normal_takes_the_compiled_path(monkeypatch):
+@pytest.mark.parametrize("kind, ref", [("normal", "standard_normal_f32_ref"),
+                                       ("uniform", "random_f32_ref")])
+def test_draw_takes_the_compiled_path(monkeypatch, kind, ref):
     """A large PCG64 draw does not call NumPy's own (or the comparisons above test nothing)."""
     rng = np.random.default_rng(0)
-    monkeypatch.setattr(kernels, "standard_normal_f32_ref", lambda *a: pytest.fail("NumPy's"))
-    kernels.standard_normal_f32(rng, 10000)
+    monkeypatch.setattr(kernels, ref, lambda *a: pytest.fail("NumPy's"))
+    DRAWS[kind][0](rng, 10000)
 
 
 # --- threads, import, warm-up, on-disk cache -------------------------------------------------
