@@ -296,6 +296,16 @@ def softmax_xent(scores, y, smoothing, row_loss):
 
 
 @_run
+def in_range(a, lo, hi):
+    """Whether lo <= a[i] <= hi for every element of a (N,) int64 (the indices a kernel
+    will use unchecked)."""
+    for i in range(a.shape[0]):
+        if a[i] < lo or a[i] > hi:
+            return False
+    return True
+
+
+@_run
 def _copy_run(src, out):
     for j in range(src.shape[0]):
         out[j] = src[j]
@@ -510,4 +520,4 @@ def uniform_f32(st, out):
 
 ALL = (update_sgd, update_momentum, update_sgd_rows, update_momentum_rows, relu_bias,
        relu_bias_dropout, relu_backward, relu_backward_scaled, softmax_xent, gather_rows,
-       gather_augment, standardize, column_sums, normal_f32, uniform_f32)  # fmt: skip
+       gather_augment, standardize, column_sums, normal_f32, uniform_f32, in_range)  # fmt: skip

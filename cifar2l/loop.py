@@ -221,7 +221,8 @@ def train_step(state: TrainState, stack: Stack, xb, yb, buffers: dict) -> None:
             who = f"trial {i} " if len(lr) > 1 else ""
             raise DivergedError(f"{who}training diverged at step {t} (lr={lr[i]:.6g}, "
                                 f"loss {losses[i]:.4g})")  # fmt: skip
-    lr[list(state.diverged)] = 0.0
+    if state.diverged:
+        lr[list(state.diverged)] = 0.0
     optim.update(p, grads, lr, state.velocity, stack.opt)
 
 

@@ -276,6 +276,19 @@ def test_softmax_xent_checks_labels():
     assert np.isfinite(losses).all()
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("values, ok", [([0, 5, 9], True), ([9, 0], True), ([-1, 3], False),
+                                        ([4, 10], False), ([], True)])
+def test_index_check_bounds_inclusive(compiled, values, ok):
+    """The compiled index check (a kernel's module given) and NumPy's min/max agree."""
+    a, nb = np.array(values, np.int64), kernels._load() if compiled else None
+    if ok:
+        kernels._in_range("a", a, 0, 9, nb)
+    else:
+        with pytest.raises(ValueError, match=r"a has values outside \[0, 9\]"):
+            kernels._in_range("a", a, 0, 9, nb)
+
+
 # --- 5. gather ---------------------------------------------------------------------------------
 
 
