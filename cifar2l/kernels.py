@@ -237,12 +237,8 @@ def update(p, g, v, lr, l2, gamma, decay, nesterov: bool) -> None:
         SGD:  p = q - lr gt
         momentum: v = gamma v + lr gt;  p = q - (gamma v + lr gt) if nesterov else q - v
     """
-    _ndim("p", p, 3, "(R, T, K)")
-    _require(v is None or gamma is not None, "momentum (v given) needs gamma")
-    gamma_used = None if v is None else gamma
-    _shapes(p.shape, g=g, v=v)
-    _shapes(p.shape[1:2], lr=lr, l2=l2, gamma=gamma_used, decay=decay)
-    _dtypes(p.dtype, g=g, v=v, lr=lr, l2=l2, gamma=gamma_used, decay=decay)
+    if not _plain_update(p, g, v, (lr, l2, decay) if v is None else (lr, l2, gamma, decay)):
+        _check_update(p, g, v, lr, l2, gamma, decay)
     nb = _compiled(p.dtype, p, g, v)
     if nb is None:
         return update_ref(p, g, v, lr, l2, gamma, decay, nesterov)
@@ -256,6 +252,30 @@ def update(p, g, v, lr, l2, gamma, decay, nesterov: bool) -> None:
     else:
         nb.update_momentum(p2, g2, v.reshape(rows), _vec(lr), _vec(l2), _vec(gamma),
                            _vec(decay), bool(nesterov))  # fmt: skip
+
+
+def _plain_update(p, g, v, vectors) -> bool:
+    """True for the usual call (four times a step): p (R, T, K), g and v of its shape and
+    every vector (T,), all in p's dtype. It only ever says yes where _check_update would
+    pass; anything else goes through _check_update, which names what is wrong."""
+    shape, dtype = p.shape, p.dtype
+    if len(shape) != 3 or g.shape != shape or g.dtype != dtype:
+        return False
+    if v is not None and (v.shape != shape or v.dtype != dtype):
+        return False
+    for a in vectors:
+        if a is None or a.shape != shape[1:2] or a.dtype != dtype:
+            return False
+    return True
+
+
+def _check_update(p, g, v, lr, l2, gamma, decay) -> None:
+    _ndim("p", p, 3, "(R, T, K)")
+    _require(v is None or gamma is not None, "momentum (v given) needs gamma")
+    gamma_used = None if v is None else gamma
+    _shapes(p.shape, g=g, v=v)
+    _shapes(p.shape[1:2], lr=lr, l2=l2, gamma=gamma_used, decay=decay)
+    _dtypes(p.dtype, g=g, v=v, lr=lr, l2=l2, gamma=gamma_used, decay=decay)
 
 
 def _update_rows(nb, p, g, v, vectors, nesterov: bool) -> None:

@@ -253,6 +253,8 @@ def _loop(state: TrainState, stack: Stack, data: Data, hooks: Hooks) -> None:
     """The update counter, epoch shuffles, batch gathers and steps. A resumed state starts at
     its step with its epoch's saved order (its row at that step is already taken)."""
     cfg, x, y, start = stack.cfg, data.train.x, data.train.y, state.step
+    if isinstance(y, np.memmap):  # a cached split's labels: y[idx] as a memmap costs 3 us more
+        y = np.asarray(y)
     batch = cfg.train.batch_size
     per_epoch = steps_per_epoch(len(y), batch)
     xp = network.array_module(x)

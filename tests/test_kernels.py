@@ -115,6 +115,28 @@ def test_update_checks_dtypes_and_shapes():
         kernels.update(p, g[:1], v, lr, l2, gamma, decay, False)
 
 
+BAD_UPDATES = {  # argument -> a wrong value, and the error it must give
+    "p": (lambda a: a[0], ValueError, "p must be"),
+    "v": (lambda a: a[:, :2], ValueError, "v has shape"),
+    "v dtype": (lambda a: a.astype(np.float64), TypeError, "v has dtype"),
+    "gamma": (lambda a: None, ValueError, "needs gamma"),
+    "decay": (lambda a: a[:2], ValueError, "decay has shape"),
+    "l2 dtype": (lambda a: a.astype(np.float64), TypeError, "l2 has dtype"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(BAD_UPDATES))
+def test_update_refuses_each_bad_argument(what):
+    """The quick test of the usual call (_plain_update) lets none of these through."""
+    p, g, v, (lr, l2, gamma, decay) = update_case(np.float32, (2, 3, 4), True)
+    args = {"p": p, "g": g, "v": v, "lr": lr, "l2": l2, "gamma": gamma, "decay": decay}
+    bad, error, message = BAD_UPDATES[what]
+    key = what.split()[0]
+    args[key] = bad(args[key])
+    with pytest.raises(error, match=message):
+        kernels.update(*args.values(), False)
+
+
 def test_update_non_contiguous_takes_reference():
     p, g, _, vecs = update_case(np.float64, (4, 3, 6), False)
     want = p.copy()
