@@ -215,6 +215,31 @@ def loop_case(label: str, name: str, overrides: tuple, trials):
     return r
 
 
+# The loop's fixed cost of an update: default.yaml with 1 image a batch and 1 hidden unit, so
+# that products and passes are a few thousand elements and what is left is Python, NumPy's and
+# numba's call overhead (a low top rate: batch 1 at eta_max 0.1 diverges).
+FLOOR_SETS = ("train.batch_size=1", "model.hidden=1", "schedule.eta_max=1e-4", "schedule.n_s=1500")
+
+
+def step_floor() -> dict:
+    """Microseconds per update of the FLOOR_SETS loop (best of 3 loops of 3000 updates)."""
+    cfgs, sets = trial_configs("default.yaml", FLOOR_SETS, None)
+    prep, steps = prepare(cfgs[0]), total_steps(cfgs[0].schedule)
+    best = best_of(lambda: train_loop(cfgs, prep), 3)
+    return {"sets": sets, "steps": steps, "us_per_step": best / steps * 1e6}
+
+
+def draws() -> list[dict]:
+    """table4-140's two draws of each step, ours (kernels.py) and NumPy's, microseconds."""
+    rng = np.random.default_rng(0)
+    cases = [("normal", (50, 3072), kernels.standard_normal_f32, kernels.standard_normal_f32_ref),
+             ("uniform", (500, 140), kernels.random_f32, kernels.random_f32_ref)]  # fmt: skip
+    return [{"draw": name, "shape": list(shape),
+             "ours_us": best_of_calls(lambda f=ours, s=shape: f(rng, s)) * 1e6,
+             "numpy_us": best_of_calls(lambda f=ref, s=shape: f(rng, s)) * 1e6}
+            for name, shape, ours, ref in cases]  # fmt: skip
+
+
 # ---------------------------------------------------------------- PyTorch (when installed)
 
 
@@ -442,6 +467,20 @@ def process_tables(r: dict) -> str:
 | `cifar2l train configs/final.yaml --set schedule.n_s=50 --set schedule.cycles=1` (45,000 training images) | {r['memory_45k_mb']:.0f} |"""
 
 
+def step_tables(r: dict) -> str:
+    f = r["floor"]
+    rows = "\n".join(f"| {d['draw']} {tuple(d['shape'])} | {d['ours_us']:.0f} | {d['numpy_us']:.0f} |"
+                     for d in r["draws"])  # fmt: skip
+    sets = "".join(f" --set {s}" for s in f["sets"])
+    return f"""| the loop's fixed cost of an update: `configs/default.yaml{sets}` (best of 3 loops of {f['steps']}) | microseconds |
+|---|---|
+| one update (products and passes of a few thousand elements: call overhead) | **{f['us_per_step']:.0f}** |
+
+| table4-140's draws of a step (float32, PCG64; NumPy's bits either way) | ours us | NumPy's us |
+|---|---|---|
+{rows}"""
+
+
 def loaded_table(ld: dict) -> str:
     rows = "\n".join(f"| {x['busy']} | {x['threads']} | {x['train_s']:.2f} s | {x['wall_s']:.2f} s |"
                      for x in ld["rows"])
@@ -474,6 +513,8 @@ after the bench's own busy processes: {r['load_end']}).
 
 {fused_table(r)}
 
+{step_tables(r)}
+
 {process_tables(r)}
 
 {torch_section(r)}
@@ -497,6 +538,7 @@ def measure(out: str, choice) -> dict:
          "load_start": machine.load_average(), "data": data_load(), "jit": jit_start(),
          "bandwidth_start": bandwidth(), "peak_gflops": peak_gflops()}  # fmt: skip
     r["loops"] = [loop_case(*case) for case in LOOPS]
+    r.update(floor=step_floor(), draws=draws())
     # The machine's speed drifts: the bound takes the better of a probe before and after
     r["bandwidth_end"] = bandwidth()
     r["bandwidth"] = max(r["bandwidth_start"], r["bandwidth_end"])

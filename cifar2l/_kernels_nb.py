@@ -378,7 +378,7 @@ def gather_augment(x, idx, flips, dy, dx, reflect, out, zero):
                 out[n, dst] = zero if (r < 0 or c < 0) else x[src, base + r * S + c]
 
 
-# --- standard normal draws (float32) from a PCG64 state: NumPy's own algorithm, inlined ------
+# --- normal and uniform draws (float32) from a PCG64 state: NumPy's own algorithms, inlined -
 # NumPy's Generator.standard_normal(dtype=float32) is the ziggurat of numpy/random/src/
 # distributions (random_standard_normal_f) over PCG64's next_uint32, one call through a function
 # pointer per 32 bits. The same two algorithms with the generator's state in registers give the

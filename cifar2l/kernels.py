@@ -4,10 +4,10 @@ Why numba: a NumPy expression such as the optimizer update (L2 gradient, weight 
 momentum, step) makes several passes over a 50 MB weight matrix, each allocating a temporary,
 on one core. A compiled loop reads and writes each element once, on every core the command
 was given (`set_threads`). The ReLU/dropout, softmax, gather and standardisation passes gain
-the same way, and so do the float32 normal draws of input noise (NumPy's own algorithm with
-the generator's state in registers). (Each element loop is its own compiled 1-D function,
-called from the parallel task: written inline in the prange body it was not vectorised; see
-_kernels_nb._run.)
+the same way, and so do the float32 normal draws of input noise and the dropout masks'
+uniforms (NumPy's own algorithms and bits, with the generator's state in registers). (Each
+element loop is its own compiled 1-D function, called from the parallel task: written inline
+in the prange body it was not vectorised; see _kernels_nb._run.)
 
 Why the references stay: `<name>_ref` is the plain array expression. It takes its module from
 its inputs, so it is the path for CuPy arrays (and for NumPy arrays that are not C-contiguous,
