@@ -591,7 +591,8 @@ def random_f32_ref(rng: np.random.Generator, shape):
 def random_f32(rng: np.random.Generator, shape):
     """rng.random(shape, dtype=float32), bit for bit, and rng advanced exactly as that call
     would advance it: the dropout masks' uniforms (500 x 140 in table4-140's step). The
-    compiled path (PCG64) keeps the generator's state in registers: 2x faster."""
+    compiled path (PCG64) keeps the generator's state in registers: the pass runs 2x faster
+    than NumPy's, the whole call (the state's round trip through its dict) 1.2-1.4x."""
     out = _pcg64_fill(rng, shape, lambda nb: nb.uniform_f32)
     return random_f32_ref(rng, shape) if out is None else out
 
