@@ -168,6 +168,20 @@ def prepare(cfg):
     return data.prepare(cfg.data, cfg.dtype, make_rngs(cfg.seed)["split"])
 
 
+SHORT_S = 10.0  # a loop of fewer seconds is timed best of 3 runs (its products: best of 5)
+
+
+def best_loop(cfgs: list, prep) -> dict:
+    """train_loop, or the fastest of 3 when one run is under SHORT_S: a 2-second loop on a
+    drifting 2-core machine measured 2.0-2.5 s in four runs in a row (2026-12-05), while the
+    GEMM time it is divided by is a best of 5."""
+    r = train_loop(cfgs, prep)
+    if r["train_s"] >= SHORT_S:
+        return dict(r, runs=1)
+    return dict(min([r] + [train_loop(cfgs, prep) for _ in range(2)], key=lambda x: x["train_s"]),
+                runs=3)  # fmt: skip
+
+
 def train_loop(cfgs: list, prep) -> dict:
     """Train the stack of `cfgs` with the engine; the loop's train and eval seconds."""
     stack = loop.make_stack(cfgs, stop_on_divergence=len(cfgs) == 1)
@@ -208,7 +222,7 @@ def loop_case(label: str, name: str, overrides: tuple, trials):
     kernels.warm_up(cfgs[0].dtype)
     sh = shapes(cfgs, prep)
     r = {"label": label, "config": name, "sets": sets, "trials": trials, "steps": steps, **sh,
-         **train_loop(cfgs, prep)}  # fmt: skip
+         **best_loop(cfgs, prep)}  # fmt: skip
     r.update(gemm_and_bytes(sh, steps), images_per_s=steps * sh["n"] / r["train_s"])
     if trials is not None:
         r["alone_train_s"] = [train_loop([c], prep)["train_s"] for c in cfgs]
@@ -401,8 +415,10 @@ def loop_table(loops: list[dict]) -> str:
 def roofline_notes(r: dict) -> str:
     gf = ", ".join(f"{x['label']} {x['gemm_gflops']:.0f}" for x in r["loops"])
     mb = ", ".join(f"{x['label']} {x['step_bytes'] / 1e6:.1f} MB" for x in r["loops"])
+    best3 = ", ".join(x["label"] for x in r["loops"] if x.get("runs", 1) > 1) or "none"
     return f"""Train s: `clock.seconds["train"]` of `loop.run` (the loop without its two metric
-rows: `train.log_every` = the steps). images/s: batch rows per second (a fused row's image goes
+rows: `train.log_every` = the steps); a loop under {SHORT_S:.0f} s is timed best of 3 runs
+(this run: {best3}), the others once. images/s: batch rows per second (a fused row's image goes
 through all T networks). GEMM s: one step's matrix products alone (X @ W1 (D, T*H); the batched
 second layer on the (T, N, H) view of an (N, T, H) array; dscores @ W2^T; h^T @ dscores;
 X^T @ dS1; no dX), at the loop's shapes and dtype, best of 5, times the steps. Traffic s: a

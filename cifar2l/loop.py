@@ -15,6 +15,7 @@ over each parameter with each trial's own rate (optim.update).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,6 +103,11 @@ class Stack:
     @property
     def cfg(self):
         return self.cfgs[0]
+
+    @functools.cached_property
+    def drops(self) -> bool:
+        """Whether a trial uses dropout (then each step draws the mask's uniforms)."""
+        return bool(self.dropout.any())
 
     def lr(self, t: int) -> np.ndarray:
         return np.array([eta(t) for eta in self.etas], dtype=np.float64)
@@ -204,18 +210,21 @@ def measure(state: TrainState, stack: Stack, data: Data, per_epoch: int) -> None
             state.rows[i].append(row)
 
 
-def train_step(state: TrainState, stack: Stack, xb, yb, buffers: dict) -> None:
+def train_step(state: TrainState, stack: Stack, xb, yb, buffers: dict,
+               updater: optim.Updater | None = None) -> None:  # fmt: skip
     """One update of every trial on the batch (xb, yb); a trial whose loss is not finite or
-    explodes diverges: an error, or (stop_on_divergence False) frozen at a rate of 0."""
+    explodes diverges: an error, or (stop_on_divergence False) frozen at a rate of 0.
+    `updater`: the loop's optim.Updater (None: optim.update, the same passes)."""
     p, t = state.params, state.step
     u = None
-    if stack.dropout.any():
+    if stack.drops:
         u = network.array_module(xb).asarray(  # drawn on the host: CuPy gets the same bits
             kernels.random_f32(state.rngs["dropout"], (len(xb), p["W2"].shape[1])))
     losses, _, grads = network.loss_and_grads(p, xb, yb, 0.0, stack.dropout, u,
                                               stack.smoothing, with_cost=False, out=buffers)
     lr = stack.lr(t)
-    for i in np.flatnonzero(~(np.asarray(losses) < stack.exploded)):  # nan compares false too
+    finite = np.asarray(losses) < stack.exploded  # nan compares false too
+    for i in [] if np.logical_and.reduce(finite) else np.flatnonzero(~finite):
         state.diverged.setdefault(int(i), (t, float(lr[i])))
         if stack.stop_on_divergence:
             who = f"trial {i} " if len(lr) > 1 else ""
@@ -223,7 +232,10 @@ def train_step(state: TrainState, stack: Stack, xb, yb, buffers: dict) -> None:
                                 f"loss {losses[i]:.4g})")  # fmt: skip
     if state.diverged:
         lr[list(state.diverged)] = 0.0
-    optim.update(p, grads, lr, state.velocity, stack.opt)
+    if updater is None:
+        optim.update(p, grads, lr, state.velocity, stack.opt)
+    else:
+        updater(p, grads, lr, state.velocity)
 
 
 def average_step(state: TrainState, stack: Stack) -> None:
@@ -260,6 +272,7 @@ def _loop(state: TrainState, stack: Stack, data: Data, hooks: Hooks) -> None:
     xp = network.array_module(x)
     xb = xp.empty((batch, x.shape[1]), dtype=x.dtype)  # reused batch and gradient buffers
     buffers = {"W1": xp.empty_like(state.params["W1"])}
+    updater = optim.Updater.make(state.params, state.velocity, stack.opt)
     for t in range(start, stack.total + 1):
         state.step = t
         epoch, i = divmod(t, per_epoch)
@@ -276,7 +289,7 @@ def _loop(state: TrainState, stack: Stack, data: Data, hooks: Hooks) -> None:
             state.order = epoch_order(len(y), cfg.train.shuffle, state.rngs["shuffle"])
         idx = state.order[i * batch : (i + 1) * batch]
         augment.batch(x, idx, cfg.augment, state.rngs["augment"], xb)
-        train_step(state, stack, xb, y[idx], buffers)
+        train_step(state, stack, xb, y[idx], buffers, updater)
         state.step = t + 1
         average_step(state, stack)
         if hooks.step:

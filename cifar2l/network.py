@@ -182,6 +182,8 @@ def l2_penalty(params, lam) -> np.ndarray:
 
 def add_l2_gradient(grads, params, lam) -> None:
     """grads += 2 lambda_t W for the weights, in place (what the L2 penalty adds to dJ)."""
+    if isinstance(lam, float | int) and lam == 0:  # a training step's call: nothing to add
+        return
     lam = per_trial(lam, trials(params))
     if not lam.any():
         return
@@ -203,8 +205,8 @@ def loss_and_grads(params, x, y, lam=0.0, dropout=0.0, u=None, smoothing=0.0,
     missing). A training step passes lam = 0 and lets optim.update add the L2 gradient in its
     pass over the weights.
     """
-    t = trials(params)
-    hd, ch = hidden_forward(first_layer(x, params["W1"]), params["b1"], u, per_trial(dropout, t))
+    p = None if u is None else per_trial(dropout, trials(params))  # no draws: no dropout
+    hd, ch = hidden_forward(first_layer(x, params["W1"]), params["b1"], u, p)
     scores, c2 = second_layer_forward(hd, params["W2"], params["b2"])
     losses, dscores = softmax_cross_entropy(scores, y, smoothing)
     dhd, dw2, db2 = second_layer_backward(dscores, c2)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels
-from .network import PARAM_KEYS, WEIGHT_KEYS, array_module
+from .network import PARAM_KEYS, WEIGHT_KEYS, array_module, trials
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,56 @@ def update(params: dict, grads: dict, lr, velocity: dict | None, opt: Optimizer)
         vec = vectors[key] if xp is np else [xp.asarray(v) for v in vectors[key]]
         v = None if velocity is None else trial_view(key, velocity[key])
         kernels.update(trial_view(key, params[key]), trial_view(key, g), v, *vec, opt.nesterov)
+
+
+@dataclass
+class Updater:
+    """`update` for one training loop: a single network's update (T = 1, NumPy arrays, the
+    compiled kernels) is checked and laid out once (kernels.plan_update), so a step passes
+    only its gradients and rate. The same passes and bits as `update`, which it calls for
+    everything else: stacks, other array modules, and params or velocity other than the
+    arrays it was made for."""
+
+    params: dict
+    velocity: dict | None
+    opt: Optimizer
+    plan: kernels.UpdatePlan | None = None
+
+    @classmethod
+    def make(cls, params: dict, velocity: dict | None, opt: Optimizer) -> Updater:
+        dtype = params["W1"].dtype
+        if array_module(params["W1"]) is not np or trials(params) != 1:
+            return cls(dict(params), None if velocity is None else dict(velocity), opt)
+        l2 = (2 * opt.lam).astype(dtype)
+        zero = np.zeros(1, dtype)
+        vs = None if velocity is None else [trial_view(k, velocity[k]) for k in PARAM_KEYS]
+        plan = kernels.plan_update([trial_view(k, params[k]) for k in PARAM_KEYS], vs,
+                                   [l2 if k in WEIGHT_KEYS else zero for k in PARAM_KEYS],
+                                   opt.gamma.astype(dtype), [k in WEIGHT_KEYS for k in PARAM_KEYS],
+                                   [params[k].shape for k in PARAM_KEYS])  # fmt: skip
+        return cls(dict(params), None if velocity is None else dict(velocity), opt, plan)
+
+    def __call__(self, params: dict, grads: dict, lr, velocity: dict | None) -> None:
+        """update(params, grads, lr, velocity, opt), in place."""
+        planned = self.plan is not None and self._same(params, velocity)
+        if not (planned and self._planned(grads, lr)):
+            update(params, grads, lr, velocity, self.opt)
+
+    def _same(self, params: dict, velocity: dict | None) -> bool:
+        """Whether params and velocity hold the very arrays the plan was made for."""
+        if any(params.get(k) is not a for k, a in self.params.items()):
+            return False
+        if velocity is None or self.velocity is None:
+            return velocity is self.velocity
+        return all(velocity.get(k) is a for k, a in self.velocity.items())
+
+    def _planned(self, grads: dict, lr) -> bool:
+        """Run the plan: step_vectors' rate and decay of a single trial (False: not run)."""
+        lr = np.asarray(lr, dtype=np.float64)
+        dtype = self.plan.gamma.dtype
+        decay = (lr * self.opt.weight_decay).astype(dtype)
+        gs = [grads.get(k) for k in PARAM_KEYS]
+        return kernels.run_plan(self.plan, gs, lr.astype(dtype), decay, self.opt.nesterov)
 
 
 def sgd_update(params: dict, grads: dict, lr) -> None:

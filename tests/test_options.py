@@ -369,6 +369,66 @@ def test_train_step_is_loss_and_grads_then_the_update(official_dir, sets):
             np.testing.assert_array_equal(state.params[k], expected[k])
 
 
+UPDATER_SETS = [(), ("optim.momentum=0.8",), ("optim.momentum=0.8", "optim.nesterov=true"),
+                 ("optim.weight_decay=0.1", "optim.lambda=0.0"), ("dtype=float64",)]  # fmt: skip
+
+
+@pytest.mark.parametrize("sets", UPDATER_SETS)
+def test_the_loops_updater_is_optim_update_bit_for_bit(official_dir, sets):
+    """optim.Updater (checked and laid out once for the loop) takes its compiled plan and
+    leaves params and velocity exactly as optim.update does, step after step."""
+    cfg, prep, stack, state = smoke_setup(official_dir, *sets)
+    expected = {k: v.copy() for k, v in state.params.items()}
+    velocity = optim.init_velocity(expected, stack.opt)
+    updater = optim.Updater.make(state.params, state.velocity, stack.opt)
+    assert updater.plan is not None
+    for t in range(4):
+        xb, yb = prep.train.x[10 * t : 10 * t + 10].copy(), prep.train.y[10 * t : 10 * t + 10]
+        _, _, grads = network.loss_and_grads(expected, xb, yb, 0.0)
+        optim.update(expected, grads, stack.lr(t), velocity, stack.opt)
+        updater(state.params, grads, stack.lr(t), state.velocity)
+        for k in PARAM_KEYS:
+            np.testing.assert_array_equal(state.params[k], expected[k])
+            if velocity is not None:
+                np.testing.assert_array_equal(state.velocity[k], velocity[k])
+
+
+def test_the_updater_takes_its_plan_in_the_loop(official_dir, monkeypatch):
+    """A single network's loop runs the plan at every step (not optim.update's checks)."""
+    results = []
+    real = kernels.run_plan
+    monkeypatch.setattr(kernels, "run_plan", lambda *a: results.append(real(*a)) or results[-1])
+    cfg, prep, stack, state = smoke_setup(official_dir)
+    loop.run(state, stack, loop.Data(prep.train, prep.val))
+    assert len(results) == stack.total and all(results)
+
+
+def test_the_updater_falls_back_to_update(official_dir):
+    """Other params than its own, or gradients not of the planned kind: optim.update's result
+    (and its errors); a stack of T > 1 has no plan."""
+    cfg, prep, stack, state = smoke_setup(official_dir, "optim.momentum=0.5")
+    updater = optim.Updater.make(state.params, state.velocity, stack.opt)
+    other = {k: v.copy() for k, v in state.params.items()}
+    expected = {k: v.copy() for k, v in other.items()}
+    vel, exp_vel = optim.init_velocity(other, stack.opt), optim.init_velocity(other, stack.opt)
+    grads = {k: np.ones_like(v) for k, v in other.items()}
+    updater(other, grads, np.array([0.1]), vel)  # not the planned arrays
+    optim.update(expected, grads, np.array([0.1]), exp_vel, stack.opt)
+    for k in PARAM_KEYS:
+        np.testing.assert_array_equal(other[k], expected[k])
+    before = {k: v.copy() for k, v in state.params.items()}
+    bad = dict(grads, W1=np.asfortranarray(grads["W1"]))  # not C-contiguous
+    assert not kernels.run_plan(updater.plan, [bad[k] for k in PARAM_KEYS],
+                                np.ones(1, cfg.dtype), np.zeros(1, cfg.dtype), False)
+    for k in PARAM_KEYS:
+        np.testing.assert_array_equal(state.params[k], before[k])  # nothing done
+    with pytest.raises(TypeError, match="dtype"):
+        updater(state.params, dict(grads, b1=grads["b1"].astype(np.float64)), np.array([0.1]),
+                state.velocity)  # fmt: skip
+    two = optim.Updater.make(network.stack([state.params, state.params]), None, stack.opt)
+    assert two.plan is None
+
+
 def test_train_step_raises_on_a_non_finite_loss(official_dir):
     cfg, prep, stack, state = smoke_setup(official_dir)
     state.step = 3
