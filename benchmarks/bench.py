@@ -221,9 +221,12 @@ def loop_case(label: str, name: str, overrides: tuple, trials):
     prep, steps = prepare(cfgs[0]), total_steps(cfgs[0].schedule)
     kernels.warm_up(cfgs[0].dtype)
     sh = shapes(cfgs, prep)
+    before = gemm_and_bytes(sh, steps)  # the products alone before and after the loop: the
     r = {"label": label, "config": name, "sets": sets, "trials": trials, "steps": steps, **sh,
          **best_loop(cfgs, prep)}  # fmt: skip
-    r.update(gemm_and_bytes(sh, steps), images_per_s=steps * sh["n"] / r["train_s"])
+    after = gemm_and_bytes(sh, steps)  # faster bounds it (the machine's speed drifts)
+    r.update(min(before, after, key=lambda g: g["gemm_s"]), gemm_s_probes=[before["gemm_s"],
+             after["gemm_s"]], images_per_s=steps * sh["n"] / r["train_s"])  # fmt: skip
     if trials is not None:
         r["alone_train_s"] = [train_loop([c], prep)["train_s"] for c in cfgs]
     return r
@@ -415,13 +418,16 @@ def loop_table(loops: list[dict]) -> str:
 def roofline_notes(r: dict) -> str:
     gf = ", ".join(f"{x['label']} {x['gemm_gflops']:.0f}" for x in r["loops"])
     mb = ", ".join(f"{x['label']} {x['step_bytes'] / 1e6:.1f} MB" for x in r["loops"])
+    probes = ", ".join(f"{x['label']} {' / '.join(f'{g:.2f}' for g in x['gemm_s_probes'])}"
+                       for x in r["loops"])  # fmt: skip
     best3 = ", ".join(x["label"] for x in r["loops"] if x.get("runs", 1) > 1) or "none"
     return f"""Train s: `clock.seconds["train"]` of `loop.run` (the loop without its two metric
 rows: `train.log_every` = the steps); a loop under {SHORT_S:.0f} s is timed best of 3 runs
 (this run: {best3}), the others once. images/s: batch rows per second (a fused row's image goes
 through all T networks). GEMM s: one step's matrix products alone (X @ W1 (D, T*H); the batched
 second layer on the (T, N, H) view of an (N, T, H) array; dscores @ W2^T; h^T @ dscores;
-X^T @ dS1; no dX), at the loop's shapes and dtype, best of 5, times the steps. Traffic s: a
+X^T @ dS1; no dX), at the loop's shapes and dtype, best of 5, times the steps, probed before
+and after the loop: the faster. Traffic s: a
 step's minimal memory traffic (each parameter, gradient and, with momentum, velocity read and
 written once, plus the batch read once) at the measured bandwidth, times the steps.
 Roofline s = GEMM s + traffic s.
@@ -431,6 +437,7 @@ Roofline s = GEMM s + traffic s.
 | memory bandwidth (a {COPY_MB} MB float32 array read and written once: the faster of `np.copyto` on one thread and the ReLU kernel in place on every thread, best of 5, probed before and after the loops: the better) | {r['bandwidth'] / 1e9:.2f} GB/s ({r['bandwidth_start'] / 1e9:.2f} before, {r['bandwidth_end'] / 1e9:.2f} after) |
 | BLAS peak (2048 x 2048 float32 product, best of 5) | {r['peak_gflops']:.1f} GFLOP/s |
 | GEMM GFLOP/s of each loop's step products | {gf} |
+| GEMM s of each loop, probed before / after it | {probes} |
 | minimal traffic of one step | {mb} |"""
 
 
