@@ -283,7 +283,9 @@ def plan_update(ps, vs, l2s, gamma, decays, shapes) -> UpdatePlan | None:
         _check_update(p, p, v, gamma, l2, gamma, gamma)  # gamma: the (1,) shape of lr, decay
         if p.shape[1] != 1 or _compiled(dt, p, v, l2, gamma) is None or p.dtype != dt:
             return None
-    _require([p.size for p in ps] == [int(np.prod(s)) for s in shapes], "shapes of other sizes")
+    sizes = [p.size for p in ps]
+    _require(sizes == [int(np.prod(s)) for s in shapes],
+             f"gradient shapes {list(shapes)} do not match the parameters' sizes {sizes}")
     views = (None if vs[0] is None else tuple(v.reshape(1, -1) for v in vs))
     return UpdatePlan(tuple(p.reshape(1, -1) for p in ps), views, tuple(map(tuple, shapes)),
                       tuple(_vec(a) for a in l2s), _vec(gamma), tuple(decays),

@@ -146,6 +146,29 @@ def test_update_non_contiguous_takes_reference():
     same(p_view, want)
 
 
+def test_update_plan_checks_once_and_refuses():
+    """plan_update checks its parameters as update does, plans only one trial of compiled
+    arrays, and run_plan refuses (doing nothing) gradients or vectors of another kind."""
+    p, g, v, (lr, l2, gamma, decay) = update_case(np.float32, (5, 1, 4), True)
+    with pytest.raises(TypeError, match="dtype"):
+        kernels.plan_update([p], [v], [l2.astype(np.float64)], gamma, [True], [(5, 4)])
+    with pytest.raises(ValueError, match="gradient shapes"):
+        kernels.plan_update([p], [v], [l2], gamma, [True], [(5, 3)])
+    stack = update_case(np.float32, (5, 2, 4), False)
+    assert kernels.plan_update([stack[0]], None, [stack[3][1]], stack[3][2], [True],
+                               [(5, 2, 4)]) is None  # T > 1: update's row kernels  # fmt: skip
+    plan = kernels.plan_update([p], [v], [l2], gamma, [True], [(5, 4)])
+    before = p.copy()
+    for bad in (g, g.reshape(5, 4).astype(np.float64), np.asfortranarray(g.reshape(5, 4))):
+        assert not kernels.run_plan(plan, [bad], lr, decay, False)  # (5, 1, 4), float64, F order
+    assert not kernels.run_plan(plan, [g.reshape(5, 4)], lr.astype(np.float64), decay, False)
+    assert np.array_equal(p, before)
+    want = run_update(kernels.update, (p, g, v, (lr, l2, gamma, decay)), True)
+    assert kernels.run_plan(plan, [g.reshape(5, 4)], lr, decay, True)
+    same(p, want[0])
+    same(v, want[1])
+
+
 # --- 2. relu + dropout forward ---------------------------------------------------------------
 
 HIDDEN_SHAPES = [(2, 1, 3), (2, 3, 3), (64, 3, 1000)]  # (N, T, H)
