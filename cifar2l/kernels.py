@@ -247,12 +247,17 @@ def update(p, g, v, lr, l2, gamma, decay, nesterov: bool) -> None:
     if t > 1:
         return _update_rows(nb, p, g, v, (lr, l2, gamma, decay), nesterov)
     rows = (1, r * k)  # one trial: one long row, split into BLOCK-element tasks
-    p2, g2 = p.reshape(rows), g.reshape(rows)
+    v2 = None if v is None else v.reshape(rows)
+    _update_row(nb, p.reshape(rows), g.reshape(rows), v2, _vec(lr), _vec(l2),
+                None if v is None else _vec(gamma), _vec(decay), nesterov)  # fmt: skip
+
+
+def _update_row(nb, p, g, v, lr, l2, gamma, decay, nesterov: bool) -> None:
+    """The compiled update of one trial's parameter as a (1, size) row (arguments checked)."""
     if v is None:
-        nb.update_sgd(p2, g2, _vec(lr), _vec(l2), _vec(decay))
+        nb.update_sgd(p, g, lr, l2, decay)
     else:
-        nb.update_momentum(p2, g2, v.reshape(rows), _vec(lr), _vec(l2), _vec(gamma),
-                           _vec(decay), bool(nesterov))  # fmt: skip
+        nb.update_momentum(p, g, v, lr, l2, gamma, decay, bool(nesterov))
 
 
 @dataclass(frozen=True)
@@ -308,13 +313,10 @@ def run_plan(plan: UpdatePlan, gs, rate, decay, nesterov: bool) -> bool:
     nb = plan.nb
     many = _threads or nb.numba.config.NUMBA_NUM_THREADS
     for i, g in enumerate(gs):
-        p, d = plan.p[i], decay if plan.decays[i] else plan.zero
+        p, v = plan.p[i], None if plan.v is None else plan.v[i]
         _apply_threads(nb, 1 if p.size < PARALLEL_MIN else many)
-        if plan.v is None:
-            nb.update_sgd(p, g.reshape(p.shape), rate, plan.l2[i], d)
-        else:
-            nb.update_momentum(p, g.reshape(p.shape), plan.v[i], rate, plan.l2[i], plan.gamma,
-                               d, bool(nesterov))  # fmt: skip
+        _update_row(nb, p, g.reshape(p.shape), v, rate, plan.l2[i], plan.gamma,
+                    decay if plan.decays[i] else plan.zero, nesterov)  # fmt: skip
     return True
 
 

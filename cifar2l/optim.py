@@ -47,13 +47,19 @@ def trial_view(key: str, a):
     return a.reshape(1, a.shape[0], -1)
 
 
+def rate_and_decay(opt: Optimizer, lr, dtype) -> tuple:
+    """The step's (T,) rate lr and the weights' decay lr * wd, in the parameters' dtype."""
+    lr = np.asarray(lr, dtype=np.float64)
+    return lr.astype(dtype), (lr * opt.weight_decay).astype(dtype)
+
+
 def step_vectors(opt: Optimizer, lr, dtype) -> dict:
     """Per parameter key, (lr, l2, gamma, decay) (T,) in the parameters' dtype: the biases
     get no L2 and no decay. Computed once per step (the kernels want the parameter dtype)."""
-    lr = np.asarray(lr, dtype=np.float64)
-    zero = np.zeros(len(lr), dtype=dtype)
-    rate, gamma = lr.astype(dtype), opt.gamma.astype(dtype)
-    weight = (rate, (2 * opt.lam).astype(dtype), gamma, (lr * opt.weight_decay).astype(dtype))
+    rate, decay = rate_and_decay(opt, lr, dtype)
+    zero = np.zeros(len(rate), dtype=dtype)
+    gamma = opt.gamma.astype(dtype)
+    weight = (rate, (2 * opt.lam).astype(dtype), gamma, decay)
     return {k: weight if k in WEIGHT_KEYS else (rate, zero, gamma, zero) for k in PARAM_KEYS}
 
 
@@ -111,11 +117,9 @@ class Updater:
 
     def _planned(self, grads: dict, lr) -> bool:
         """Run the plan: step_vectors' rate and decay of a single trial (False: not run)."""
-        lr = np.asarray(lr, dtype=np.float64)
-        dtype = self.plan.gamma.dtype
-        decay = (lr * self.opt.weight_decay).astype(dtype)
+        rate, decay = rate_and_decay(self.opt, lr, self.plan.gamma.dtype)
         gs = [grads.get(k) for k in PARAM_KEYS]
-        return kernels.run_plan(self.plan, gs, lr.astype(dtype), decay, self.opt.nesterov)
+        return kernels.run_plan(self.plan, gs, rate, decay, self.opt.nesterov)
 
 
 def sgd_update(params: dict, grads: dict, lr) -> None:
